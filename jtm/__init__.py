@@ -1,0 +1,1 @@
+"""Jaka to Melodia: contrastive predictive coding on raw music audio."""

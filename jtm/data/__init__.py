@@ -1,0 +1,1 @@
+"""Data: read MusicNet-layout folders or plain audio, build the prepared store, serve windows and labels."""
