@@ -60,3 +60,13 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def load_json(path: str | Path) -> Any:
+    """Read a JSON file; a malformed one is a DataError naming the file."""
+    from jtm.errors import DataError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"not valid JSON ({e})") from None

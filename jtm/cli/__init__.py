@@ -1,0 +1,37 @@
+"""The ``jtm`` command line: thin typer commands over the library.
+
+Each command group lives in its own module and registers itself on :data:`app` here.
+"""
+from __future__ import annotations
+
+import sys
+
+from jtm.cli.app import app
+from jtm.errors import JTMError
+
+# Importing a command module registers its commands on ``app``.
+from jtm.cli import data as _data  # noqa: E402,F401
+from jtm.cli import pretrain as _pretrain  # noqa: E402,F401
+
+
+def main() -> None:
+    """Entry point: run the app, printing jtm's own errors as one clear line instead of a traceback."""
+    try:
+        app(standalone_mode=False)
+    except JTMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click's usage errors arrive here when standalone_mode is off
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise

@@ -1,0 +1,50 @@
+"""``jtm data synth`` and ``jtm data prepare``."""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from jtm.cli.app import data_app
+
+
+class OnError(str, Enum):
+    raise_ = "raise"
+    skip = "skip"
+
+
+@data_app.command("synth")
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the MusicNet-layout corpus into."),
+    minutes: float = typer.Option(20.0, help="Total minutes of audio to render."),
+    max_seconds: float = typer.Option(60.0, help="At most this many seconds of each piece."),
+    test_fraction: float = typer.Option(0.15, help="Fraction of pieces in test_data/."),
+    seed: int = typer.Option(0, help="Same seed, same bytes."),
+    soundfont: Optional[Path] = typer.Option(None, help="A .sf2/.sf3 General MIDI soundfont (default: TimGM6mb)."),
+    workers: Optional[int] = typer.Option(None, help="Processes to render with (default: all cores)."),
+) -> None:
+    """Render real scores (music21's corpus) with a GM soundfont into MusicNet's exact layout."""
+    from jtm.data.synth import build_corpus
+
+    summary = build_corpus(out, minutes=minutes, max_seconds=max_seconds, test_fraction=test_fraction,
+                           seed=seed, soundfont=soundfont, workers=workers)
+    typer.echo(json.dumps(summary.to_dict(), indent=2))
+
+
+@data_app.command("prepare")
+def prepare(
+    src: Path = typer.Argument(..., help="A MusicNet-layout folder, or any folder of audio files (no labels)."),
+    store: Path = typer.Argument(..., help="Where to write the prepared 16 kHz store."),
+    workers: Optional[int] = typer.Option(None, help="Processes to decode and resample with (default: all cores)."),
+    on_error: OnError = typer.Option(OnError.raise_, "--on-error", help="raise: stop at the first bad file; "
+                                     "skip: count, report and leave out bad files."),
+    shard_mb: int = typer.Option(64, help="Target size of one audio shard file, in MB."),
+) -> None:
+    """Resample to 16 kHz (soxr) and write audio shards, a track table and a note table."""
+    from jtm.data.prepare import prepare_store
+
+    summary = prepare_store(src, store, workers=workers, on_error=on_error.value, shard_mb=shard_mb)
+    typer.echo(json.dumps(summary.to_dict(), indent=2))

@@ -1,0 +1,255 @@
+"""CPC pretraining with Lightning: binds ``jtm.models`` (pure torch) to ``jtm.data`` (windows from a store).
+
+Outputs of a run folder ``RUN``:
+    RUN/run.json               the full configuration (a re-run with the same ``--out`` must match it)
+    RUN/checkpoints/*.ckpt     resume checkpoints (every epoch, ``last.ckpt``, optionally every N steps)
+    RUN/logs/                  TensorBoard events and ``metrics.csv``: loss and accuracy per prediction step
+    RUN/encoder/               the trained encoder as model.safetensors + config.json
+    RUN/metrics.json           final per-step loss and accuracy
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from jtm.data.store import Store
+from jtm.data.windows import WindowBatches, split_tracks
+from jtm.errors import JTMError
+from jtm.fileio import load_json, write_json_atomic
+from jtm.models.config import CPCConfig
+from jtm.models.cpc import CPCEncoder, CPCLoss, sample_negatives
+from jtm.training.callbacks import SetEpoch
+from jtm.training.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run depends on; saved as ``RUN/run.json``."""
+
+    data: str
+    out: str
+    model: CPCConfig = field(default_factory=CPCConfig)
+    window: int = 20480
+    batch_size: int = 8
+    epochs: int = 10
+    lr: float = 2e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule_step: int = 0
+    """Halve the learning rate every this many epochs (0: never)."""
+    ramp_epochs: int = 0
+    """Linear warm-up of the learning rate over this many epochs (0: none)."""
+    sampling: str = "uniform"
+    labels_by: str | None = None
+    max_memory_gb: float | None = None
+    val_fraction: float = 0.1
+    random_offset: bool = True
+    seed: int = 0
+    precision: str = "32-true"
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    checkpoint_every_n_steps: int | None = None
+    limit_train_batches: int | float | None = None
+    log_every_n_steps: int = 10
+    threads: int | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
+        d = dict(d)
+        d["model"] = CPCConfig.from_dict(d.get("model", {}))
+        return cls(**d)
+
+    # Settings that may change between a run and its resumption without changing what is trained.
+    RESUMABLE_CHANGES = ("epochs", "progress", "threads", "devices", "num_nodes", "strategy", "accelerator",
+                         "limit_train_batches", "log_every_n_steps", "checkpoint_every_n_steps", "data")
+
+
+class CPCPretrainModule(pl.LightningModule):
+    """CPC training step: encode windows, predict K future frames, InfoNCE against in-batch negatives."""
+
+    def __init__(self, model: dict[str, Any], lr: float, beta1: float, beta2: float, eps: float,
+                 schedule_step: int, ramp_epochs: int, seed: int) -> None:
+        super().__init__()
+        # Plain dicts and numbers only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters()
+        self.config = CPCConfig.from_dict(model)
+        self.encoder = CPCEncoder(self.config)
+        self.criterion = CPCLoss(self.config)
+
+    def _negatives_generator(self, stage_offset: int, step: int) -> torch.Generator:
+        # Negatives come from a generator keyed by (seed, step, rank) rather than the global RNG, so that a
+        # resumed run draws exactly the negatives the uninterrupted run would have drawn.
+        seed = (self.hparams.seed * 1_000_003 + stage_offset * 7_919 + step) * 64 + self.global_rank
+        return torch.Generator().manual_seed(seed % (2**63))
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str, step: int) -> torch.Tensor:
+        audio = batch["audio"]
+        z, c = self.encoder(audio)
+        batch_size, frames, _ = z.shape
+        positions = frames - self.config.predict_steps
+        if positions <= 0:
+            raise JTMError(
+                f"window of {audio.shape[-1]} samples gives {frames} frames, not enough to predict "
+                f"{self.config.predict_steps} steps ahead; use a longer --window"
+            )
+        gen = self._negatives_generator(0 if stage == "train" else 1, step)
+        idx = sample_negatives(batch_size, frames, positions, self.config.negatives, generator=gen).to(z.device)
+        out = self.criterion(c, z, negative_idx=idx)
+        on_step = stage == "train"
+        metrics = {f"{stage}/loss": out.loss}
+        for k in range(self.config.predict_steps):
+            metrics[f"{stage}/loss_k{k + 1}"] = out.loss_per_step[k]
+            metrics[f"{stage}/acc_k{k + 1}"] = out.acc_per_step[k]
+        self.log_dict(metrics, on_step=on_step, on_epoch=True, sync_dist=not on_step, batch_size=batch_size)
+        self.log(f"{stage}_acc_k1", out.acc_per_step[0], prog_bar=True, on_step=on_step, on_epoch=not on_step,
+                 logger=False, batch_size=batch_size)
+        return out.loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train", self.global_step)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val", batch_idx)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps)
+        schedule = lr_factor_schedule(hp.schedule_step, hp.ramp_epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Dropout draws from the global RNG; keep it so a resumed run continues the same stream.
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
+
+class LRFactor:
+    """Learning-rate multiplier per epoch: linear warm-up over ``ramp`` epochs, halved every ``step`` epochs.
+
+    A class rather than a closure so the scheduler's state stays picklable-free (plain numbers) in checkpoints.
+    """
+
+    def __init__(self, step: int, ramp: int) -> None:
+        self.step, self.ramp = step, ramp
+
+    def __call__(self, epoch: int) -> float:
+        factor = min(1.0, (epoch + 1) / self.ramp) if self.ramp > 0 else 1.0
+        if self.step > 0:
+            factor *= 0.5 ** (epoch // self.step)
+        return factor
+
+
+def lr_factor_schedule(step: int, ramp: int) -> LRFactor:
+    return LRFactor(step, ramp)
+
+
+class PretrainData(pl.LightningDataModule):
+    """Windows of a prepared store: a seeded hold-out of recordings for validation, the rest for training."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.store = Store.open(cfg.data)
+        self.train_idx, self.val_idx = split_tracks(self.store, "train", cfg.val_fraction, cfg.seed)
+
+    def _windows(self, tracks: Any, train: bool) -> WindowBatches:
+        cfg = self.cfg
+        budget = None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 1024**3)
+        return WindowBatches(
+            self.store, tracks, window=cfg.window, batch_size=cfg.batch_size,
+            sampling=cfg.sampling if train else ("sequential" if cfg.sampling == "sequential" else "uniform"),
+            labels_by=cfg.labels_by, max_memory_bytes=budget, seed=cfg.seed if train else cfg.seed + 10_000,
+            random_offset=cfg.random_offset and train, drop_last=True,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        windows = self._windows(self.train_idx, train=True)
+        if len(windows) == 0:
+            raise JTMError(
+                f"{self.cfg.data}: no complete training batch of {self.cfg.batch_size} windows of "
+                f"{self.cfg.window} samples; use a smaller --batch-size or --window, or more data"
+            )
+        return DataLoader(windows, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if len(self.val_idx) == 0:
+            return []
+        windows = self._windows(self.val_idx, train=False)
+        return DataLoader(windows, batch_size=None, num_workers=0) if len(windows) else []
+
+
+def _check_run_folder(cfg: PretrainConfig) -> None:
+    """Refuse to resume into a run folder that was trained with a different configuration."""
+    path = Path(cfg.out) / "run.json"
+    if not path.exists():
+        return
+    old, new = load_json(path), cfg.to_dict()
+    changed = sorted(k for k in set(old) | set(new)
+                     if k not in PretrainConfig.RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if changed:
+        raise JTMError(
+            f"{path}: this run folder was trained with a different configuration ({', '.join(changed)} differ); "
+            "use a new --out, or delete the folder to start over"
+        )
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Train (or resume) CPC as configured; export the encoder to ``RUN/encoder``; return final metrics."""
+    out = Path(cfg.out)
+    _check_run_folder(cfg)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = PretrainData(cfg)
+    module = CPCPretrainModule(cfg.model.to_dict(), cfg.lr, cfg.beta1, cfg.beta2, cfg.eps,
+                               cfg.schedule_step, cfg.ramp_epochs, cfg.seed)
+    ckpt_dir = out / "checkpoints"
+    callbacks: list[pl.Callback] = [
+        SetEpoch(),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                        every_n_epochs=1, save_top_k=-1, save_last=True),
+    ]
+    if cfg.checkpoint_every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step", every_n_train_steps=cfg.checkpoint_every_n_steps,
+                                         save_top_k=1, save_last=True, enable_version_counter=False))
+    trainer = pl.Trainer(
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy, precision=cfg.precision, callbacks=callbacks,
+        logger=[TensorBoardLogger(out, name="logs", version=""), CSVLogger(out, name="logs", version="")],
+        plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.log_every_n_steps, num_sanity_val_steps=0,
+        enable_progress_bar=cfg.progress, limit_train_batches=cfg.limit_train_batches, deterministic=False,
+        use_distributed_sampler=False,
+    )
+    if trainer.is_global_zero:
+        write_json_atomic(out / "run.json", cfg.to_dict())
+    resume = find_resume_checkpoint(ckpt_dir)
+    if resume is not None and trainer.is_global_zero:
+        print(f"resuming from {resume}")
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
+    if trainer.is_global_zero:
+        module.encoder.save_pretrained(out / "encoder")
+        write_json_atomic(out / "metrics.json", metrics)
+    return metrics
