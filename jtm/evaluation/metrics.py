@@ -1,0 +1,310 @@
+"""Downstream metrics: MusicNet frame AP, mir_eval frame / note P-R-F1, classification scores.
+
+Conventions:
+- Rolls are (N frames, P pitches) with column ``p`` = MIDI pitch ``p`` (P = 128 in jtm), at ``frame_rate``
+  frames per second (100: the 10 ms frames of ``jtm.data.labels``).
+- A frame is predicted active when ``score >= threshold``.
+- Reported frame and note P/R/F1 come from mir_eval (the community reference implementation); a fast numpy
+  F1 is used only inside ``tune_threshold``, where mir_eval's per-frame Python loop would be run 19 times.
+- mir_eval's convention for empty references/estimates is kept (scores of 0.0), and its "empty" warnings are
+  silenced because silent frames and silent clips are ordinary in music.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Iterator
+
+import mir_eval
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+)
+
+from jtm.evaluation.notes import NoteList, roll_to_notes
+
+DEFAULT_THRESHOLDS = np.linspace(0.05, 0.95, 19)
+
+
+@contextmanager
+def _quiet_empty() -> Iterator[None]:
+    # mir_eval warns on every empty reference/estimate; in evaluation loops that is noise, not news.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*empty.*", category=UserWarning)
+        yield
+
+
+def _check_pair(y_true: np.ndarray, y_score: np.ndarray, ndim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true)
+    y_score = np.asarray(y_score)
+    if y_true.shape != y_score.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_score {y_score.shape} differ in shape")
+    if ndim is not None and y_true.ndim != ndim:
+        raise ValueError(f"expected {ndim}-d arrays, got shape {y_true.shape}")
+    return y_true.astype(bool, copy=False), y_score.astype(np.float64, copy=False)
+
+
+# --------------------------------------------------------------------------------------------- frame level
+
+
+def frame_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """MusicNet's frame-level average precision, **micro-averaged** over pitches.
+
+    All (frame, pitch) cells are pooled into one ranking:
+    ``sklearn.metrics.average_precision_score(y_true.ravel(), y_score.ravel())``, as in the MusicNet
+    benchmark (Thickstun et al.), so frequent pitches weigh more than rare ones (unlike a macro average).
+
+    Args:
+        y_true: (N, P) bool (any shape works; it is flattened).
+        y_score: (N, P) float scores, same shape; only their order matters.
+
+    Returns:
+        AP in [0, 1], or **nan** when ``y_true`` has no positive cell (precision-recall is undefined then;
+        sklearn would warn and return a meaningless value). Callers aggregating should use ``np.nanmean``.
+    """
+    y_true, y_score = _check_pair(y_true, y_score)
+    if not y_true.any():
+        return float("nan")
+    return float(average_precision_score(y_true.ravel(), y_score.ravel()))
+
+
+def _roll_to_mir_eval(roll: np.ndarray, shift: int) -> list[np.ndarray]:
+    # One array of frequencies (Hz) per frame: the ragged time series mir_eval.multipitch consumes.
+    if roll.shape[0] == 0:
+        return []
+    frames, pitches = np.nonzero(roll)
+    hz = mir_eval.util.midi_to_hz((pitches + shift).astype(np.float64))
+    return np.split(hz, np.searchsorted(frames, np.arange(1, roll.shape[0])))
+
+
+def _octave_shift(pitches: np.ndarray) -> int | None:
+    """Octave transposition that puts every pitch inside mir_eval.multipitch's 20 Hz..5 kHz band, or None.
+
+    mir_eval validates frequencies against that band (it exists to catch MIDI numbers passed as Hz), which
+    excludes MIDI < 16 and > 111 while a 128-pitch model may fire anywhere. Transposing reference and
+    estimate together by whole octaves changes neither the pitch nor the chroma matching, so the scores are
+    unchanged.
+    """
+    lo_hz, hi_hz = mir_eval.multipitch.MIN_FREQ, mir_eval.multipitch.MAX_FREQ
+    lo = int(np.ceil(mir_eval.util.hz_to_midi(lo_hz)))  # 16
+    hi = int(np.floor(mir_eval.util.hz_to_midi(hi_hz)))  # 111
+    if pitches.size == 0:
+        return 0
+    pmin, pmax = int(pitches.min()), int(pitches.max())
+    for octaves in range(-11, 12):
+        shift = 12 * octaves
+        if pmin + shift >= lo and pmax + shift <= hi:
+            return shift
+    return None
+
+
+def frame_prf(
+    y_true: np.ndarray, y_score: np.ndarray, threshold: float = 0.5, frame_rate: float = 100.0
+) -> dict[str, float]:
+    """Frame-level multi-pitch precision, recall, F1 and accuracy, computed by ``mir_eval.multipitch.metrics``.
+
+    The rolls become mir_eval's time + frequency lists (``times = arange(N) / frame_rate``, frequencies =
+    ``midi_to_hz`` of the active pitches). mir_eval pools true positives over all frames ("micro" level).
+    accuracy is mir_eval's ``TP / (TP + FP + FN)`` (Dixon's frame accuracy); f1 = 2PR / (P + R).
+
+    Args:
+        y_true: (N, P) bool reference roll.
+        y_score: (N, P) probabilities (or bool) of the estimate; active where ``>= threshold``.
+
+    Returns:
+        ``{"precision", "recall", "f1", "accuracy"}`` as floats (0.0 when undefined, mir_eval's convention).
+    """
+    y_true, y_score = _check_pair(y_true, y_score, ndim=2)
+    est = y_score >= threshold
+    shift = _octave_shift(np.flatnonzero(y_true.any(0) | est.any(0)))
+    times = np.arange(y_true.shape[0], dtype=np.float64) / frame_rate
+    with _quiet_empty():
+        if shift is not None and (times.size == 0 or times[-1] <= mir_eval.multipitch.MAX_TIME):
+            ref_f = _roll_to_mir_eval(y_true, shift)
+            est_f = _roll_to_mir_eval(est, shift)
+            precision, recall, accuracy = mir_eval.multipitch.metrics(times, ref_f, times, est_f)[:3]
+        else:
+            # Pitches spanning more than mir_eval's band (or > 30000 s of audio): run mir_eval's own matching
+            # and scoring functions on MIDI numbers directly, skipping only its Hz/time sanity checks.
+            ref_m = [f.astype(np.float64) for f in _roll_to_midi_lists(y_true)]
+            est_m = [f.astype(np.float64) for f in _roll_to_midi_lists(est)]
+            mp = mir_eval.multipitch
+            tp = mp.compute_num_true_positives(ref_m, est_m)
+            precision, recall, accuracy = mp.compute_accuracy(tp, mp.compute_num_freqs(ref_m), mp.compute_num_freqs(est_m))
+    precision, recall, accuracy = float(precision), float(recall), float(accuracy)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": precision, "recall": recall, "f1": float(f1), "accuracy": accuracy}
+
+
+def _roll_to_midi_lists(roll: np.ndarray) -> list[np.ndarray]:
+    if roll.shape[0] == 0:
+        return []
+    frames, pitches = np.nonzero(roll)
+    return np.split(pitches, np.searchsorted(frames, np.arange(1, roll.shape[0])))
+
+
+def frame_f1_curve(
+    y_true: np.ndarray, y_score: np.ndarray, candidates: Sequence[float] | np.ndarray = DEFAULT_THRESHOLDS
+) -> np.ndarray:
+    """Pooled frame F1 at each candidate threshold, shape (len(candidates),); numpy only, for tuning.
+
+    With integer pitches mir_eval's quarter-tone matching is exact cell equality, so this equals mir_eval's F1.
+    One sort of the scores serves every threshold (O(NP log NP) once instead of one pass per candidate).
+    """
+    y_true, y_score = _check_pair(y_true, y_score)
+    cand = np.asarray(candidates, dtype=np.float64)
+    pos_scores = np.sort(y_score[y_true])
+    all_scores = np.sort(y_score.ravel())
+    # Count of cells with score >= t = size - (number strictly below t).
+    tp = pos_scores.size - np.searchsorted(pos_scores, cand, side="left")
+    n_pred = all_scores.size - np.searchsorted(all_scores, cand, side="left")
+    n_true = pos_scores.size
+    denom = n_pred + n_true
+    return np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 0.0)
+
+
+def tune_threshold(
+    y_true: np.ndarray, y_score: np.ndarray, candidates: Sequence[float] | np.ndarray = DEFAULT_THRESHOLDS
+) -> float:
+    """The candidate threshold with the highest pooled frame F1 (ties -> the lowest threshold).
+
+    Tune on validation data, then report with ``frame_prf`` on test data at the returned threshold.
+    """
+    cand = np.asarray(candidates, dtype=np.float64)
+    if cand.size == 0:
+        raise ValueError("no candidate thresholds")
+    return float(cand[int(np.argmax(frame_f1_curve(y_true, y_score, cand)))])
+
+
+# ---------------------------------------------------------------------------------------------- note level
+
+
+def note_prf(ref_notes: NoteList, est_notes: NoteList, onset_tolerance: float = 0.05) -> dict[str, float]:
+    """Note-level precision/recall/F1 with onsets only (offsets ignored), by mir_eval.
+
+    ``mir_eval.transcription.precision_recall_f1_overlap(..., onset_tolerance=0.05, offset_ratio=None)``:
+    an estimated note matches a reference note of the same pitch (within 50 cents) whose onset is within
+    +-50 ms; matching is one-to-one. Empty reference or estimate gives 0.0 (mir_eval's convention).
+    """
+    with _quiet_empty():
+        p, r, f, _overlap = mir_eval.transcription.precision_recall_f1_overlap(
+            ref_notes.intervals,
+            mir_eval.util.midi_to_hz(ref_notes.pitch.astype(np.float64)),
+            est_notes.intervals,
+            mir_eval.util.midi_to_hz(est_notes.pitch.astype(np.float64)),
+            onset_tolerance=onset_tolerance,
+            offset_ratio=None,
+        )
+    return {"precision": float(p), "recall": float(r), "f1": float(f)}
+
+
+def transcription_metrics(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    threshold: float = 0.5,
+    frame_rate: float = 100.0,
+    min_note_frames: int = 2,
+    ref_notes: NoteList | None = None,
+    merge_gap: int = 0,
+) -> dict[str, float]:
+    """All transcription scores of one (or a concatenation of) track(s).
+
+    Args:
+        y_true: (N, P) bool reference roll.
+        y_score: (N, P) predicted probabilities.
+        threshold: frame threshold (tune it with ``tune_threshold`` on validation data).
+        min_note_frames, merge_gap: passed to ``roll_to_notes`` for the *estimated* notes.
+        ref_notes: the true notes if known (preferred: a roll merges touching repeated notes). Otherwise they are
+            derived from ``y_true`` keeping every run (min_frames=1, no gap merging).
+
+    Returns:
+        ``frame_ap``, ``frame_precision``, ``frame_recall``, ``frame_f1``, ``frame_accuracy``,
+        ``note_precision``, ``note_recall``, ``note_f1``, ``threshold``, ``n_ref_notes``, ``n_est_notes``.
+    """
+    y_true, y_score = _check_pair(y_true, y_score, ndim=2)
+    frame = frame_prf(y_true, y_score, threshold, frame_rate)
+    if ref_notes is None:
+        ref_notes = roll_to_notes(y_true, 0.5, frame_rate, min_frames=1)
+    est_notes = roll_to_notes(y_score, threshold, frame_rate, min_frames=min_note_frames, merge_gap=merge_gap)
+    note = note_prf(ref_notes, est_notes)
+    return {
+        "frame_ap": frame_average_precision(y_true, y_score),
+        **{f"frame_{k}": v for k, v in frame.items()},
+        **{f"note_{k}": v for k, v in note.items()},
+        "threshold": float(threshold),
+        "n_ref_notes": float(len(ref_notes)),
+        "n_est_notes": float(len(est_notes)),
+    }
+
+
+# ---------------------------------------------------------------------------------- classification / instruments
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]
+) -> dict[str, object]:
+    """Scores of a single-label classifier (e.g. composer or ensemble of a clip).
+
+    Args:
+        y_true, y_pred: (N,) int class indices in ``0..len(class_names)-1``.
+        class_names: the names of all classes, in index order; classes absent from the data still get a row
+            and column of the confusion matrix (sklearn ``labels=range(n)``).
+
+    Returns:
+        ``accuracy``; ``balanced_accuracy`` (mean recall over classes present in ``y_true``);
+        ``macro_f1`` (mean F1 over classes present in ``y_true`` or ``y_pred``: a class that appears in neither
+        has no defined F1 and is left out rather than counted as 0 or 1); ``per_class_f1`` (list, nan for such
+        classes); ``confusion`` (list of lists, rows = true class, columns = predicted); ``class_names``.
+    """
+    y_true = np.asarray(y_true).reshape(-1)
+    y_pred = np.asarray(y_pred).reshape(-1)
+    n = len(class_names)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true ({y_true.size}) and y_pred ({y_pred.size}) differ in length")
+    if y_true.size == 0:
+        raise ValueError("no samples to score")
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.min() < 0 or y.max() >= n:
+            raise ValueError(f"{name} has class indices outside 0..{n - 1}")
+    labels = list(range(n))
+    with warnings.catch_warnings():
+        # "y_pred contains classes not in y_true" is expected on small test sets; the docstring defines it.
+        warnings.filterwarnings("ignore", message=".*not in y_true.*", category=UserWarning)
+        balanced = balanced_accuracy_score(y_true, y_pred)
+    per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=np.nan)
+    present = np.zeros(n, dtype=bool)
+    present[np.unique(np.concatenate([y_true, y_pred]))] = True
+    per_class = np.where(present, per_class, np.nan)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced),
+        "macro_f1": float(np.nanmean(per_class)),
+        "per_class_f1": [float(v) for v in per_class],
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "class_names": list(class_names),
+    }
+
+
+def per_instrument_ap(
+    y_true: np.ndarray, y_score: np.ndarray, instrument_names: Sequence[str]
+) -> dict[str, float]:
+    """Micro-averaged frame AP per instrument of a pitch x instrument roll.
+
+    Args:
+        y_true: (N, I, P) bool; y_score: (N, I, P) float; instrument_names: I names (the instrument axis order,
+            e.g. ``[MUSICNET_INSTRUMENTS[p] for p in INSTRUMENT_PROGRAMS]``).
+
+    Returns:
+        name -> AP, nan for an instrument with no positive frame (e.g. absent from the test tracks).
+    """
+    y_true, y_score = _check_pair(y_true, y_score, ndim=3)
+    if y_true.shape[1] != len(instrument_names):
+        raise ValueError(f"{y_true.shape[1]} instruments in the rolls but {len(instrument_names)} names")
+    return {
+        name: frame_average_precision(y_true[:, i], y_score[:, i]) for i, name in enumerate(instrument_names)
+    }
