@@ -1,0 +1,72 @@
+"""What machine and software a result came from: versions, threads and CPU, for the report and the demo.
+
+Package versions are read from installed metadata (``importlib.metadata``) rather than by importing the
+packages, so describing the environment stays cheap; only the thread counts need torch itself.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("jtm", "torch", "lightning", "numpy", "pandas", "soundfile", "soxr", "safetensors", "scikit-learn",
+            "mir_eval", "pretty_midi", "matplotlib", "music21")
+"""Distributions whose versions the report lists (the ones a result's numbers can depend on)."""
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    """A human-readable CPU name: /proc/cpuinfo's ``model name`` on Linux, else platform's best guess."""
+    cpuinfo = Path("/proc/cpuinfo")
+    try:
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset restrict), >= 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def environment_info(with_torch: bool = True) -> dict[str, object]:
+    """Describe the running environment as a flat, JSON-serialisable dict.
+
+    Keys: ``python``, ``platform``, ``cpu``, ``cpu_count`` (logical cores on the machine), ``usable_cpus``
+    (cores this process may use), one ``<package>`` key per entry of :data:`PACKAGES` (None when missing) and,
+    with ``with_torch``, ``torch_threads`` / ``torch_interop_threads`` (what torch actually computes with) and
+    the thread-limiting environment variables that were set (``OMP_NUM_THREADS``, ...).
+    """
+    info: dict[str, object] = {
+        "python": f"{sys.version.split()[0]} ({platform.python_implementation()})",
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+    }
+    for name in PACKAGES:
+        info[name] = package_version(name)
+    if with_torch:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_interop_threads"] = torch.get_num_interop_threads()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        if var in os.environ:
+            info[var] = os.environ[var]
+    return info
