@@ -1,0 +1,185 @@
+"""The prepared store: int16 audio shards (memory-mapped lazily), a track table and a note table.
+
+See docs/ARCHITECTURE.md for the on-disk format. ``Store.open`` refuses a folder whose ``store.json``
+is missing, unreadable, of another format or version, or not marked complete.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from jtm.data.labels import NoteIndex, Notes
+from jtm.data.prepare import CORE_COLUMNS, STORE_FORMAT, STORE_VERSION, read_store_json
+from jtm.errors import DataError
+from jtm.fileio import load_npy
+
+_NOTE_FIELDS = ("track", "start", "end", "instrument", "pitch")
+
+
+class Store:
+    """A prepared store opened read-only. Build one with :func:`jtm.data.prepare.prepare_store`.
+
+    ``tracks`` is a DataFrame (one row per track; ``id``, ``split``, ``path`` and metadata as strings,
+    ``shard``, ``offset``, ``length`` as int64). Track ``i`` is row ``i``.
+    """
+
+    def __init__(self, path: Path, info: dict[str, Any], tracks: pd.DataFrame, notes: dict[str, np.ndarray]) -> None:
+        self.path = path
+        self.info = info
+        self.tracks = tracks
+        self.sample_rate: int = int(info["sample_rate"])
+        self._shard = tracks["shard"].to_numpy(np.int64)
+        self._offset = tracks["offset"].to_numpy(np.int64)
+        self._length = tracks["length"].to_numpy(np.int64)
+        self._note_track = notes["track"]
+        self._notes = Notes(notes["start"], notes["end"], notes["instrument"], notes["pitch"])
+        # note_bounds[i]:note_bounds[i+1] are track i's notes (the table is sorted by track, start).
+        self._note_bounds = np.searchsorted(self._note_track, np.arange(len(tracks) + 1), side="left")
+        self._note_index: NoteIndex | None = None
+        self._shards: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | Path) -> "Store":
+        """Open a complete store; ``DataError`` naming the file when it is not one."""
+        path = Path(path)
+        info_path = path / "store.json"
+        if not info_path.is_file():
+            raise DataError(path, "not a prepared store (no store.json; run `jtm prepare` to build it)")
+        info = read_store_json(path)
+        if not isinstance(info, dict):
+            raise DataError(info_path, "store.json is not valid JSON")
+        if info.get("format") != STORE_FORMAT or info.get("version") != STORE_VERSION:
+            raise DataError(
+                info_path, f"unsupported store format {info.get('format')!r} version {info.get('version')!r}"
+            )
+        if info.get("complete") is not True:
+            raise DataError(info_path, "store is incomplete (an interrupted prepare); run prepare again")
+        tracks_path = path / "tracks.csv"
+        if not tracks_path.is_file():
+            raise DataError(tracks_path, "missing")
+        # Everything as text first, so ids such as '0012' stay strings and empty metadata stays ''.
+        tracks = pd.read_csv(tracks_path, dtype=str, keep_default_na=False, encoding="utf-8")
+        missing = [c for c in CORE_COLUMNS if c not in tracks.columns]
+        if missing:
+            raise DataError(tracks_path, f"lacks column(s) {', '.join(missing)}")
+        for c in ("shard", "offset", "length"):
+            tracks[c] = tracks[c].astype(np.int64)
+        notes_path = path / "notes.npz"
+        if not notes_path.is_file():
+            raise DataError(notes_path, "missing")
+        with np.load(notes_path, allow_pickle=False) as z:
+            lacking = [k for k in _NOTE_FIELDS if k not in z.files]
+            if lacking:
+                raise DataError(notes_path, f"lacks array(s) {', '.join(lacking)}")
+            notes = {k: z[k] for k in _NOTE_FIELDS}
+        for shard in np.unique(tracks["shard"].to_numpy()):
+            if not (path / "shards" / f"{int(shard):05d}.npy").is_file():
+                raise DataError(path / "shards" / f"{int(shard):05d}.npy", "shard file missing")
+        return cls(path, info, tracks, notes)
+
+    # Memmaps must not travel to DataLoader workers by pickling (that would copy the audio):
+    # drop them and let each process map the shards itself.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_shards"] = {}
+        return state
+
+    # ------------------------------------------------------------------ audio
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Track lengths in samples, (n_tracks,) int64."""
+        return self._length
+
+    def _shard_array(self, k: int) -> np.ndarray:
+        arr = self._shards.get(k)
+        if arr is None:
+            arr = load_npy(self.path / "shards" / f"{k:05d}.npy", mmap=True)
+            self._shards[k] = arr
+        return arr
+
+    def audio_int16(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Track ``i``'s int16 samples ``[start, stop)`` as a copy, (T,) int16."""
+        i = int(i)
+        n = int(self._length[i])
+        stop = n if stop is None else min(int(stop), n)
+        start = max(0, int(start))
+        base = int(self._offset[i])
+        return np.array(self._shard_array(int(self._shard[i]))[base + start : base + stop], dtype=np.int16)
+
+    def audio(self, i: int) -> np.ndarray:
+        """Track ``i`` as float32 in [-1, 1): (T,) at ``sample_rate``."""
+        return self.audio_int16(i).astype(np.float32) / np.float32(32768.0)
+
+    # ------------------------------------------------------------------ notes
+    @property
+    def has_labels(self) -> bool:
+        """True when the store has a non-empty note table."""
+        return len(self._notes) > 0
+
+    def notes(self, i: int) -> Notes:
+        """Track ``i``'s notes at the store's rate, sorted by start; arrays (N,)."""
+        lo, hi = int(self._note_bounds[int(i)]), int(self._note_bounds[int(i) + 1])
+        return self._notes.take(slice(lo, hi))
+
+    def note_index(self) -> NoteIndex:
+        """The whole note table prepared for batched look-ups (see :mod:`jtm.data.labels`); built once."""
+        if self._note_index is None:
+            self._note_index = NoteIndex.build(self._note_track, self._notes, len(self))
+        return self._note_index
+
+    # ------------------------------------------------------------------ selection
+    def indices(self, split: str | None = None) -> np.ndarray:
+        """Track indices of ``split`` ('train'/'test'; None: all), int64 (n,)."""
+        if split is None:
+            return np.arange(len(self), dtype=np.int64)
+        return np.flatnonzero(self.tracks["split"].to_numpy() == split).astype(np.int64)
+
+    def categories(self, column: str, indices: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+        """Codes of ``column`` per track: ``(codes (n,) int64, sorted category names)``.
+
+        Over all tracks, or the tracks in ``indices`` (codes then align with ``indices``).
+        An unknown column or a track without a value is a ``DataError`` naming tracks.csv.
+        """
+        table = self.path / "tracks.csv"
+        if column not in self.tracks.columns:
+            raise DataError(table, f"no column {column!r}; available: {', '.join(self.tracks.columns)}")
+        idx = self.indices() if indices is None else np.asarray(indices, dtype=np.int64)
+        values = self.tracks[column].astype(str).to_numpy()[idx]
+        empty = np.flatnonzero(np.char.strip(values.astype(str)) == "")
+        if len(empty):
+            ids = self.tracks["id"].to_numpy()[idx[empty[:5]]]
+            raise DataError(
+                table, f"column {column!r} has no value for {len(empty)} track(s), e.g. id {', '.join(map(repr, ids))}"
+            )
+        names, codes = np.unique(values, return_inverse=True)
+        return codes.astype(np.int64).reshape(-1), [str(n) for n in names]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for reports: tracks and minutes per split, composer/ensemble counts when present."""
+        split = self.tracks["split"]
+        minutes = self.tracks.groupby("split")["length"].sum() / self.sample_rate / 60
+        out: dict[str, Any] = {
+            "n_tracks": {str(k): int(v) for k, v in split.value_counts().sort_index().items()},
+            "minutes": {str(k): round(float(v), 3) for k, v in minutes.items()},
+            "total_minutes": round(float(self._length.sum()) / self.sample_rate / 60, 3),
+            "n_notes": int(len(self._notes)),
+        }
+        for column, key in (("composer", "composers"), ("ensemble", "ensembles")):
+            if column in self.tracks.columns:
+                values = self.tracks[column][self.tracks[column].str.strip() != ""]
+                if len(values):
+                    out[key] = {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
+        return out
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, {len(self)} tracks, {self._length.sum() / self.sample_rate / 60:.1f} min)"
+
+
+__all__ = ["Notes", "Store"]
