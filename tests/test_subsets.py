@@ -1,0 +1,62 @@
+"""Label-fraction subsets: seeded, nested, and never touching validation or test recordings."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jtm.data.subsets import holdout_split, label_subset, labelled_splits, subset_size
+
+TRAIN = np.arange(100, 300)  # 200 training recordings
+TEST = np.arange(300, 320)
+
+
+def test_same_seed_same_subset_and_order_does_not_matter() -> None:
+    a = label_subset(TRAIN, 0.1, seed=3)
+    b = label_subset(TRAIN[::-1].copy(), 0.1, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert len(a) == 20 and np.all(np.isin(a, TRAIN)) and np.all(np.diff(a) > 0)
+
+
+def test_different_seed_different_subset() -> None:
+    assert not np.array_equal(label_subset(TRAIN, 0.1, seed=0), label_subset(TRAIN, 0.1, seed=1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_subsets_are_nested(seed: int) -> None:
+    fractions = [0.01, 0.05, 0.1, 0.5, 1.0]
+    subsets = [set(label_subset(TRAIN, f, seed).tolist()) for f in fractions]
+    for small, large in zip(subsets, subsets[1:]):
+        assert small <= large
+    assert subsets[-1] == set(TRAIN.tolist())
+
+
+def test_sizes_round_up_and_keep_at_least_one() -> None:
+    assert subset_size(200, 0.01) == 2
+    assert subset_size(30, 0.1) == 3  # 0.1 * 30 is 3.0000000000000004 in floating point
+    assert subset_size(5, 0.01) == 1
+    assert subset_size(0, 0.5) == 0
+    with pytest.raises(ValueError):
+        label_subset(TRAIN, 0.0, 0)
+    with pytest.raises(ValueError):
+        label_subset(TRAIN, 1.5, 0)
+
+
+def test_validation_and_test_are_never_subsampled() -> None:
+    full = labelled_splits(TRAIN, TEST, 1.0, seed=2, val_fraction=0.1)
+    assert len(full.val) == 20 and not set(full.val) & set(full.train)
+    assert set(full.train) | set(full.val) == set(TRAIN.tolist())
+    for fraction in (0.01, 0.1, 0.5):
+        part = labelled_splits(TRAIN, TEST, fraction, seed=2, val_fraction=0.1)
+        np.testing.assert_array_equal(part.val, full.val)
+        np.testing.assert_array_equal(part.test, TEST)
+        np.testing.assert_array_equal(part.train_pool, full.train)
+        assert set(part.train) <= set(full.train)
+        assert not set(part.train) & set(part.val)
+
+
+def test_holdout_leaves_training_recordings() -> None:
+    train, val = holdout_split([4, 9], 0.5, seed=0)
+    assert len(train) == 1 and len(val) == 1
+    train, val = holdout_split([4], 0.5, seed=0)
+    np.testing.assert_array_equal(train, [4])
+    assert len(val) == 0
