@@ -28,7 +28,8 @@ from sklearn.metrics import (
 
 from jtm.evaluation.notes import NoteList, roll_to_notes
 
-DEFAULT_THRESHOLDS = np.linspace(0.05, 0.95, 19)
+# Rounded so a tuned threshold reads (and serialises) as 0.5, not 0.49999999999999994.
+DEFAULT_THRESHOLDS = np.round(np.linspace(0.05, 0.95, 19), 6)
 
 
 @contextmanager
