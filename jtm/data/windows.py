@@ -210,10 +210,10 @@ class WindowBatches(IterableDataset):
         out = {"audio": audio, "track": tracks.astype(np.int64), "start": start.astype(np.int64)}
         n_frames = w // HOP
         if self.labels == "transcription":
-            out["frames"] = batch_piano_roll(self.store, tracks, start, n_frames).astype(np.float32)
+            out["frames"] = batch_piano_roll(self.store, tracks, start, n_frames, dtype=np.float32)
         elif self.labels == "pitch-instrument":
-            roll = batch_pitch_instrument_roll(self.store, tracks, start, n_frames)
-            out["frames"] = roll.reshape(len(pos), n_frames, N_INSTRUMENTS * N_PITCHES).astype(np.float32)
+            roll = batch_pitch_instrument_roll(self.store, tracks, start, n_frames, dtype=np.float32)
+            out["frames"] = roll.reshape(len(pos), n_frames, N_INSTRUMENTS * N_PITCHES)
         elif self._label_categories is not None:
             out["category"] = self._label_categories[pos].astype(np.int64)
         return out
