@@ -1,0 +1,72 @@
+"""The CPC model configuration: one flat dataclass, serialised as plain JSON next to the weights."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+ENCODERS = ("conv", "sinc")
+NORMS = ("layer", "instance", "batch", "none")
+CONTEXTS = ("gru", "lstm", "rnn", "transformer")
+
+
+@dataclass
+class CPCConfig:
+    """Everything needed to rebuild a :class:`~jtm.models.cpc.CPCEncoder` and its :class:`CPCLoss`.
+
+    Defaults follow CPC_audio (van den Oord et al. 2018 as re-implemented by Rivière et al. 2020),
+    except the hidden size (256 instead of 512) so that the default runs comfortably on a laptop CPU.
+    """
+
+    encoder: str = "conv"          # 'conv': 5 strided convs; 'sinc': SincNet band-pass first layer + 4 convs
+    encoder_dim: int = 256         # channels of every encoder layer = dimension of z
+    norm: str = "layer"            # per-frame channel norm (CPC_audio's ChannelNorm), 'instance', 'batch', 'none'
+    context: str = "gru"           # autoregressive network: 'gru', 'lstm', 'rnn' or causal 'transformer'
+    context_dim: int = 256         # dimension of c
+    context_layers: int = 1
+    heads: int = 8                 # attention heads (transformer only)
+    dropout: float = 0.0
+    predict_steps: int = 12        # K: predict z[t+1] ... z[t+K] from c[t]
+    negatives: int = 128           # N negatives per position, shared by all K steps
+    reverse: bool = False          # CPC_audio's reverse mode: the context reads time backwards, predicts the past
+    sample_rate: int = 16000       # the rate the encoder expects (160x downsampling -> 100 frames/s)
+    sinc_kernel: int = 251         # SincNet filter length in samples (odd)
+
+    def __post_init__(self) -> None:
+        def choice(name: str, allowed: tuple[str, ...]) -> None:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"CPCConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"CPCConfig.{name} must be a positive integer, got {value!r}")
+
+        choice("encoder", ENCODERS)
+        choice("norm", NORMS)
+        choice("context", CONTEXTS)
+        for name in ("encoder_dim", "context_dim", "context_layers", "heads", "predict_steps", "negatives",
+                     "sample_rate", "sinc_kernel"):
+            positive_int(name)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"CPCConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
+        self.dropout = float(self.dropout)
+        if not isinstance(self.reverse, bool):
+            raise ValueError(f"CPCConfig.reverse must be a bool, got {self.reverse!r}")
+        if self.context == "transformer" and self.context_dim % self.heads != 0:
+            raise ValueError(f"CPCConfig.context_dim ({self.context_dim}) must be divisible by heads ({self.heads})")
+        if self.sinc_kernel % 2 == 0:
+            raise ValueError(f"CPCConfig.sinc_kernel must be odd (a symmetric filter), got {self.sinc_kernel}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CPCConfig":
+        """Build from a dict such as ``to_dict()`` wrote; unknown keys and bad values raise ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError(f"CPCConfig.from_dict expects a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown CPCConfig keys: {unknown} (known: {sorted(known)})")
+        return cls(**data)

@@ -1,0 +1,238 @@
+"""Contrastive Predictive Coding (van den Oord et al. 2018), after CPC_audio (Rivière et al. 2020).
+
+``CPCEncoder`` maps a waveform to encoded frames z (the convolutional encoder) and contexts c (the
+autoregressive network). ``CPCLoss`` predicts z[t + k] from c[t] with one linear head per step k = 1..K and
+scores each prediction against the true frame and N negatives drawn from the batch (InfoNCE).
+
+Reverse mode (CPC_audio's ``--cpc_mode reverse``): the context network reads the frames backwards, so c[t]
+summarises frames t .. F-1. The flip lives in ``CPCEncoder.forward`` around the context network (whose
+output is flipped back, so every tensor a caller sees is in natural time order), and in ``CPCLoss``, which
+flips c and z once more so that "predict k steps ahead" runs in reversed time: c[t] predicts z[t - k].
+
+Precision: the model runs in float32 by default. bfloat16 autocast works (the loss always computes in
+float32) but only pays on CPUs with bf16 matrix units (AMX / avx512_bf16); ``benchmarks/cpc_step.py``
+measures the matmul rate of both dtypes so the trainer's ``precision`` can be chosen per machine.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jtm.audio import resample
+from jtm.models.config import CPCConfig
+from jtm.models.context import build_context
+from jtm.models.encoders import DOWNSAMPLING, build_encoder
+from jtm.models.pretrained import (load_weights_into, read_pretrained_config, read_pretrained_weights,
+                                   save_pretrained_files, WEIGHTS_NAME)
+from jtm.errors import ModelFileError
+
+ENCODER_FORMAT = "jtm-cpc-encoder"
+ENCODER_FORMAT_VERSION = 1
+
+# Margin of frames computed on each side of an ``embed`` chunk and thrown away: more than the encoder's
+# receptive field (706 samples for SincNet, 465 for the conv stack), so chunk seams are exact.
+_EMBED_MARGIN_FRAMES = 8
+
+
+class CPCEncoder(nn.Module):
+    """Waveform -> (z, c). Input (B, T) at ``config.sample_rate``; F = T // 160 frames."""
+
+    def __init__(self, config: CPCConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = build_encoder(config)
+        self.context = build_context(config)
+
+    def contextualise(self, z: Tensor, state=None) -> tuple[Tensor, object]:
+        """c (B, F, context_dim) from z (B, F, encoder_dim), in natural time order (see reverse mode above)."""
+        if self.config.reverse:
+            c, state = self.context(z.flip(1), state)
+            return c.flip(1), state
+        return self.context(z, state)
+
+    def forward(self, wave: Tensor) -> tuple[Tensor, Tensor]:
+        """wave (B, T) -> z (B, F, encoder_dim), c (B, F, context_dim)."""
+        z = self.encoder(wave)
+        c, _ = self.contextualise(z)
+        return z, c
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def embed(self, waveform, sample_rate: int, layer: str = "context", chunk_seconds: float = 60.0) -> np.ndarray:
+        """Frame embeddings of one recording: float32 (F, D), F = (samples at 16 kHz) // 160.
+
+        ``waveform``: numpy array or tensor, (T,) mono, or 2-D (channels, T) / (T, channels), mixed down to
+        mono by averaging over the shorter axis. Resampled to ``config.sample_rate`` if needed.
+        ``layer``: 'context' (c) or 'encoder' (z). Runs in eval mode without gradients.
+
+        Long inputs are processed in chunks of ``chunk_seconds`` so memory stays bounded:
+        - the encoder sees each chunk plus a margin on both sides, so z is the same as in one pass
+          (except with ``norm='instance'``, whose statistics are per chunk);
+        - GRU/LSTM/RNN contexts carry their hidden state from chunk to chunk (backwards in reverse mode),
+          which is exact;
+        - the transformer attends within each chunk only (an approximation: its context is at most one
+          chunk long, which is far longer than the training windows anyway).
+        """
+        if layer not in ("context", "encoder"):
+            raise ValueError(f"layer must be 'context' or 'encoder', got {layer!r}")
+        audio = _to_mono_float32(waveform)
+        audio = resample(audio, int(sample_rate), self.config.sample_rate)
+        frames = len(audio) // DOWNSAMPLING
+        dim = self.config.context_dim if layer == "context" else self.config.encoder_dim
+        if frames == 0:
+            return np.zeros((0, dim), dtype=np.float32)
+        chunk = max(1, int(chunk_seconds * self.config.sample_rate) // DOWNSAMPLING)  # frames per chunk
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            wave = torch.from_numpy(np.ascontiguousarray(audio[: frames * DOWNSAMPLING])).to(device)
+            z = torch.cat([self._encode_chunk(wave, start, min(start + chunk, frames))
+                           for start in range(0, frames, chunk)], dim=0)  # (F, De)
+            if layer == "encoder":
+                return z.float().cpu().numpy()
+            return self._context_chunks(z, chunk).float().cpu().numpy()
+        finally:
+            self.train(was_training)
+
+    def _encode_chunk(self, wave: Tensor, start: int, end: int) -> Tensor:
+        """z for frames [start, end) of ``wave`` (T,), computed with a margin so seams match one pass."""
+        lo = max(0, start - _EMBED_MARGIN_FRAMES)
+        hi = min(len(wave) // DOWNSAMPLING, end + _EMBED_MARGIN_FRAMES)
+        z = self.encoder(wave[lo * DOWNSAMPLING : hi * DOWNSAMPLING].unsqueeze(0))[0]
+        return z[start - lo : end - lo]
+
+    def _context_chunks(self, z: Tensor, chunk: int) -> Tensor:
+        starts = list(range(0, len(z), chunk))
+        if self.config.reverse:
+            starts.reverse()  # a reversed recurrent network's state flows from the end of the recording
+        state, pieces = None, {}
+        for start in starts:
+            c, new_state = self.contextualise(z[start : start + chunk].unsqueeze(0), state)
+            state = new_state if self.config.context != "transformer" else None
+            pieces[start] = c[0]
+        return torch.cat([pieces[s] for s in sorted(pieces)], dim=0)
+
+    # ---------------------------------------------------------------- files
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``directory/model.safetensors`` and ``directory/config.json`` (atomically)."""
+        return save_pretrained_files(directory, self, self.config.to_dict(),
+                                     format=ENCODER_FORMAT, version=ENCODER_FORMAT_VERSION)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "CPCEncoder":
+        """Load a folder written by :meth:`save_pretrained` (never unpickles; refusals raise ModelFileError)."""
+        directory = Path(directory)
+        raw = read_pretrained_config(directory, format=ENCODER_FORMAT, version=ENCODER_FORMAT_VERSION)
+        try:
+            config = CPCConfig.from_dict(raw)
+        except (TypeError, ValueError) as e:
+            raise ModelFileError(f"{directory / 'config.json'}: invalid model config ({e})") from None
+        model = cls(config)
+        load_weights_into(model, read_pretrained_weights(directory), directory / WEIGHTS_NAME)
+        return model.to(map_location).eval()
+
+
+def _to_mono_float32(waveform) -> np.ndarray:
+    if isinstance(waveform, Tensor):
+        waveform = waveform.detach().cpu().numpy()
+    audio = np.asarray(waveform, dtype=np.float32)
+    if audio.ndim == 2:
+        channel_axis = 0 if audio.shape[0] <= audio.shape[1] else 1
+        audio = audio.mean(axis=channel_axis, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"waveform must be (T,) or 2-D (channels, T)/(T, channels), got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise ValueError("waveform contains NaN or infinite samples")
+    return audio
+
+
+# -------------------------------------------------------------------- loss
+class CPCOutput(NamedTuple):
+    loss: Tensor           # scalar: mean over k of loss_per_step
+    loss_per_step: Tensor  # (K,) InfoNCE cross-entropy per prediction step, averaged over batch and positions
+    acc_per_step: Tensor   # (K,) fraction of (b, t) whose positive scores highest (no grad)
+
+
+def sample_negatives(batch: int, frames: int, positions: int, negatives: int,
+                     generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+    """Indices into the flattened (B * F) bank of encoded frames, uniform with replacement: (B, positions, N).
+
+    Sampled once per loss call and shared by all K steps, as in CPC_audio. (CPC_audio additionally shifts
+    the frame index so a negative is never the query position itself; with a bank of B * F frames drawn
+    uniformly the chance of hitting the positive is 1 / (B F), which we accept for simplicity.)
+    """
+    return torch.randint(0, batch * frames, (batch, positions, negatives), generator=generator, device=device)
+
+
+class CPCLoss(nn.Module):
+    """InfoNCE over K future steps with per-step linear predictors (CPC_audio's unsupervised criterion).
+
+    For F frames only the first T' = F - K contexts have all K targets. For position t and step k the
+    logits are [s(pred_k(c_t), z_{t+k}), s(pred_k(c_t), z_neg_1), ..., s(pred_k(c_t), z_neg_N)] with
+    s(a, b) = a . b / D (CPC_audio averages the product over features), and the label is 0.
+
+    Computed without ever building (B, 1 + N, T', D) candidates: all K predictions are scored against the
+    whole bank of B * F encoded frames in one matrix product, (B K T', D) @ (D, B F), and the positive and
+    negative columns are gathered from it. At B = 8, F = 128, K = 12 that matrix is 45 MB.
+    """
+
+    def __init__(self, config: CPCConfig) -> None:
+        super().__init__()
+        self.config = config
+        k, de, dc = config.predict_steps, config.encoder_dim, config.context_dim
+        # K linear heads stored as one (K, De, Dc) tensor so all K predictions are a single GEMM
+        self.weight = nn.Parameter(torch.empty(k, de, dc))
+        self.bias = nn.Parameter(torch.zeros(k, de))
+        bound = dc ** -0.5  # nn.Linear's default range
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def predict(self, c: Tensor) -> Tensor:
+        """c (B, T', Dc) -> predictions (B, K, T', De), prediction k-1 for step k."""
+        batch, positions, _ = c.shape
+        k, de, dc = self.weight.shape
+        p = F.linear(c, self.weight.reshape(k * de, dc), self.bias.reshape(k * de))  # (B, T', K De)
+        return p.view(batch, positions, k, de).transpose(1, 2)
+
+    def forward(self, c: Tensor, z: Tensor, negative_idx: Tensor | None = None,
+                generator: torch.Generator | None = None) -> CPCOutput:
+        """c (B, F, Dc), z (B, F, De) from :class:`CPCEncoder`; negative_idx (B, F - K, N) into the B*F bank."""
+        if c.dim() != 3 or z.dim() != 3 or c.shape[:2] != z.shape[:2]:
+            raise ValueError(f"c and z must be (B, F, D) with the same B and F, got {tuple(c.shape)}, {tuple(z.shape)}")
+        k_steps = self.config.predict_steps
+        batch, frames, de = z.shape
+        positions = frames - k_steps
+        if positions < 1:
+            raise ValueError(f"{frames} frames leave no position with {k_steps} future steps (need F > K)")
+        if negative_idx is None:
+            negative_idx = sample_negatives(batch, frames, positions, self.config.negatives, generator, z.device)
+        elif negative_idx.shape[:2] != (batch, positions):
+            raise ValueError(f"negative_idx must be (B, F - K, N) = ({batch}, {positions}, N), "
+                             f"got {tuple(negative_idx.shape)}")
+        # The loss is always float32, even under bf16 autocast: the logits are small differences of large dots.
+        c, z = c.float(), z.float()
+        if self.config.reverse:
+            c, z = c.flip(1), z.flip(1)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            pred = self.predict(c[:, :positions])                                # (B, K, T', De)
+            bank = z.reshape(batch * frames, de)                                 # (B F, De)
+            scores = (pred.reshape(-1, de) @ bank.T).view(batch, k_steps, positions, batch * frames)
+            # column of the positive z[b, t + k] in the bank: b F + t + k
+            t = torch.arange(positions, device=z.device)
+            steps = torch.arange(1, k_steps + 1, device=z.device)
+            b = torch.arange(batch, device=z.device)
+            pos_idx = (b.view(-1, 1, 1) * frames + steps.view(1, -1, 1) + t.view(1, 1, -1)).unsqueeze(-1)
+            neg_idx = negative_idx.unsqueeze(1).expand(batch, k_steps, positions, negative_idx.shape[-1])
+            logits = scores.gather(3, torch.cat([pos_idx, neg_idx], dim=3)) / de  # (B, K, T', 1 + N)
+            # cross-entropy with label 0 = logsumexp - positive logit
+            nll = torch.logsumexp(logits, dim=3) - logits[..., 0]
+            loss_per_step = nll.mean(dim=(0, 2))
+            with torch.no_grad():
+                acc_per_step = (logits.argmax(dim=3) == 0).float().mean(dim=(0, 2))
+        return CPCOutput(loss_per_step.mean(), loss_per_step, acc_per_step)
