@@ -1,0 +1,237 @@
+"""``jtm embed``: CPC features of audio files as ``.npy`` arrays.
+
+For each input ``<stem>.<ext>`` the output folder gets ``<stem>.npy``, float32:
+- ``pool="none"``: (F, D), one row per 10 ms frame, F = (samples at 16 kHz) // 160 (100 rows per second);
+- ``pool="mean"``: (1, D), the mean over the file's frames (one row per file, so files stack with
+  ``np.concatenate``).
+D is the encoder's ``context_dim`` (``layer="context"``, the c vectors) or ``encoder_dim`` (``layer="encoder"``,
+the z vectors).
+
+Files of any length are processed in chunks (:mod:`jtm.pipelines.chunked`) with bounded memory: frame rows are
+spooled to a temporary file beside the output and the ``.npy`` is assembled and renamed into place only when the
+whole input has been read and validated. The result equals ``CPCEncoder.embed`` on the whole file: the
+convolutional encoder sees a margin around each chunk, and a GRU/LSTM/RNN context carries its hidden state from
+chunk to chunk. (Reverse-mode recurrent contexts, whose state flows from the end of the file, and transformer
+contexts see ``context_seconds`` of audio on each side of a chunk instead: an approximation.)
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from jtm.errors import JTMError, ModelFileError
+from jtm.fileio import atomic_path
+from jtm.pipelines.chunked import Chunk, FrameFn, Stopwatch, core_frames, iter_frames, probe_audio, process_files
+
+if TYPE_CHECKING:
+    from jtm.models.cpc import CPCEncoder
+
+LAYERS = ("context", "encoder")
+POOLS = ("none", "mean")
+
+
+def resolve_encoder_dir(path: str | Path) -> Path:
+    """The folder holding an encoder's ``config.json`` + ``model.safetensors``.
+
+    Accepts the folder itself (``RUN/encoder``) or a pretraining run folder ``RUN`` (which holds ``encoder/``).
+    Raises :class:`ModelFileError` with a hint when neither is found.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such encoder folder")
+    if (path / "config.json").is_file():
+        return path
+    if (path / "encoder" / "config.json").is_file():
+        return path / "encoder"
+    if (path / "run.json").is_file():
+        raise ModelFileError(f"{path}: this run folder has no encoder/ yet (pretraining has not finished)")
+    raise ModelFileError(f"{path}: not an encoder folder (config.json + model.safetensors) nor a pretraining "
+                         "run folder with encoder/")
+
+
+def load_encoder(path: str | Path) -> "CPCEncoder":
+    """``CPCEncoder.from_pretrained`` on a pretraining run folder or its ``encoder/`` folder; eval mode."""
+    from jtm.models.cpc import CPCEncoder
+
+    return CPCEncoder.from_pretrained(resolve_encoder_dir(path)).eval()
+
+
+def encoder_frame_fn(encoder: "CPCEncoder", layer: str = "context") -> FrameFn:
+    """A stateful chunk function computing z or c for each chunk's core frames, (n_frames, D) float32.
+
+    The encoder runs on the chunk with its context (margin), and the core of z is kept. For c, a forward
+    recurrent context continues from the previous chunk's final hidden state, so the stitched result equals
+    one pass over the whole file; otherwise the context network sees the chunk with its margin and only the
+    core is kept.
+    """
+    import torch
+
+    if layer not in LAYERS:
+        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+    stateful = encoder.config.context != "transformer" and not encoder.config.reverse
+    state: list[object] = [None]
+
+    @torch.inference_mode()
+    def fn(chunk: Chunk) -> np.ndarray:
+        wave = torch.from_numpy(np.ascontiguousarray(chunk.audio, dtype=np.float32))[None]
+        z = encoder.encoder(wave)  # (1, F_in, De)
+        if layer == "encoder":
+            return core_frames(z[0].numpy(), chunk)
+        if stateful:
+            z_core = z[:, chunk.skip:chunk.skip + chunk.n_frames]
+            c, state[0] = encoder.contextualise(z_core, state[0])
+            return c[0].numpy()
+        c, _ = encoder.contextualise(z)
+        return core_frames(c[0].numpy(), chunk)
+
+    return fn
+
+
+class RowSpool:
+    """Collect float32 rows (n, D) of unknown total count on disk; publish them as one ``.npy`` atomically.
+
+    Rows go to an unnamed-looking temporary file in the target's folder, so memory stays at one chunk; on
+    :meth:`publish` the ``.npy`` header is written for the final shape and the rows are copied after it.
+    """
+
+    def __init__(self, target: Path, dim: int) -> None:
+        self.target = Path(target)
+        self.dim = dim
+        self.rows = 0
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._file = tempfile.NamedTemporaryFile(prefix=f".{self.target.name}.", suffix=".rows",
+                                                 dir=self.target.parent, delete=True)
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype="<f4")
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"rows of shape {rows.shape} do not match the spool's width {self.dim}")
+        self._file.write(rows.tobytes())
+        self.rows += rows.shape[0]
+
+    def publish(self) -> Path:
+        """Write ``target`` as a (rows, dim) float32 ``.npy`` (allow_pickle-free format) and drop the spool."""
+        self._file.flush()
+        self._file.seek(0)
+        header = {"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.dim)}
+        with atomic_path(self.target) as tmp:
+            with open(tmp, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, header)
+                shutil.copyfileobj(self._file, f, length=1 << 22)
+        self.close()
+        return self.target
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "RowSpool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class EmbedResult:
+    """One embedded file: where its features went, their shape, and how fast it ran."""
+
+    source: Path
+    output: Path
+    shape: tuple[int, ...]
+    duration: float
+    seconds: float
+
+    @property
+    def speed(self) -> float:
+        """Seconds of audio per second of computation (the real-time factor: > 1 is faster than real time)."""
+        return self.duration / self.seconds if self.seconds > 0 else float("inf")
+
+
+def output_names(paths: Sequence[str | Path], suffix: str) -> list[str]:
+    """``<stem><suffix>`` for each input; two inputs with the same stem would overwrite each other, so refuse."""
+    names = [Path(p).stem + suffix for p in paths]
+    seen: dict[str, Path] = {}
+    for p, name in zip(paths, names):
+        if name in seen:
+            raise JTMError(f"{p} and {seen[name]} would both be written to {name}; rename one of them or run "
+                           "them into different output folders")
+        seen[name] = Path(p)
+    return names
+
+
+def embed_file(encoder: "CPCEncoder", path: str | Path, target: str | Path, *, layer: str = "context",
+               pool: str = "none", chunk_seconds: float = 10.0, context_seconds: float = 1.0) -> EmbedResult:
+    """Embed one audio file (any format, rate, channels, length) into ``target`` (.npy, written atomically).
+
+    Raises :class:`~jtm.errors.DataError` naming the file for bad input; nothing is written then.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    path, target = Path(path), Path(target)
+    watch = Stopwatch()
+    dim = encoder.config.context_dim if layer == "context" else encoder.config.encoder_dim
+    fn = encoder_frame_fn(encoder, layer)
+    frames = iter_frames(path, fn, chunk_seconds=chunk_seconds, context_seconds=context_seconds)
+    if pool == "mean":
+        # float64 running sum: an hour is 360 000 frames, enough for float32 sums to lose digits.
+        total, count = np.zeros(dim, dtype=np.float64), 0
+        for _, rows in frames:
+            total += rows.sum(axis=0, dtype=np.float64)
+            count += rows.shape[0]
+        mean = (total / count).astype(np.float32)[None]
+        from jtm.fileio import save_npy_atomic
+
+        save_npy_atomic(target, mean)
+        shape: tuple[int, ...] = mean.shape
+        n_frames = count
+    else:
+        with RowSpool(target, dim) as spool:
+            for _, rows in frames:
+                spool.append(rows)
+            spool.publish()
+            shape = (spool.rows, dim)
+            n_frames = spool.rows
+    duration = n_frames / 100.0
+    try:
+        duration = probe_audio(path).duration
+    except Exception:  # already validated while streaming; the header is only for the speed figure
+        pass
+    return EmbedResult(path, target, shape, duration, watch.seconds)
+
+
+def embed_files(model: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *, layer: str = "context",
+                pool: str = "none", on_error: str = "raise", chunk_seconds: float = 10.0,
+                context_seconds: float = 1.0, threads: int | None = None,
+                echo: Callable[[str], None] | None = print):
+    """Embed every input into ``out_dir/<stem>.npy`` with one encoder loaded once.
+
+    Returns a :class:`~jtm.pipelines.chunked.BatchOutcome` whose ``results`` are :class:`EmbedResult` s and whose
+    ``skipped`` lists (path, reason) of bad inputs under ``on_error="skip"``.
+    """
+    import torch
+
+    if layer not in LAYERS:
+        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    names = output_names(inputs, ".npy")
+    encoder = load_encoder(model)
+    target_of = {Path(p): out_dir / n for p, n in zip(inputs, names)}
+    say = echo or (lambda s: None)
+
+    def one(path: Path):
+        result = embed_file(encoder, path, target_of[path], layer=layer, pool=pool, chunk_seconds=chunk_seconds,
+                            context_seconds=context_seconds)
+        say(f"{path} -> {result.output} {result.shape}  ({result.duration:.1f} s of audio in "
+            f"{result.seconds:.2f} s, {result.speed:.0f}x real time)")
+        return result
+
+    outcome = process_files(inputs, one, on_error=on_error, echo=echo)
+    return outcome
