@@ -1,0 +1,349 @@
+"""``jtm transcribe``: audio files -> MIDI (and optionally a piano-roll PNG and a MusicNet-format notes CSV).
+
+A downstream model trained for ``transcription`` (128 pitches) or ``pitch-instrument`` (11 x 128 outputs,
+instrument-major) gives a probability per (frame, output) at 100 frames per second. Files of any length are read
+and processed in chunks (:mod:`jtm.pipelines.chunked`): the model sees each 10 s chunk with 1 s of audio on both
+sides, only the core frames are kept. Notes are assembled incrementally by :class:`NoteStitcher`, which reuses
+:func:`jtm.evaluation.notes.roll_to_notes` on a small rolling window of frames, so neither the audio nor the
+probabilities of a whole file are ever held in memory, and the notes equal those of ``roll_to_notes`` on the
+whole file's probabilities (with the evaluation's settings: ``min_frames=2``, no gap merging).
+
+Outputs (each written atomically, only once the whole input has been read and validated):
+``OUT/<stem>.mid`` (one MIDI instrument per predicted instrument; a transcription model's notes go to a piano),
+``OUT/<stem>.png`` (``piano_roll=True``), ``OUT/<stem>.csv`` (``csv=True``, MusicNet's label columns).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS, N_PITCHES
+from jtm.errors import JTMError, ModelFileError
+from jtm.evaluation.notes import NoteList, make_notes, roll_to_notes
+from jtm.fileio import atomic_path, load_json
+from jtm.pipelines.chunked import BatchOutcome, Chunk, FrameFn, Stopwatch, core_frames, iter_frames, probe_audio, \
+    process_files
+from jtm.pipelines.embed import output_names
+
+if TYPE_CHECKING:
+    from jtm.models.downstream import DownstreamModel
+
+FRAME_TASKS = ("transcription", "pitch-instrument")
+PIANO_PROGRAM = 1
+"""GM program of the instrument a plain (instrument-less) transcription is written to: acoustic grand piano."""
+
+FRAME_RATE = 100.0
+MIN_NOTE_FRAMES = 2
+"""Shortest note kept, in frames: the evaluation's ``min_note_frames`` (one-frame blips are not notes)."""
+
+
+# ------------------------------------------------------------------------------------------ notes, streamed
+
+
+class NoteStitcher:
+    """Turn a stream of frame probabilities into notes, chunk by chunk, in bounded memory.
+
+    Feed consecutive blocks of probabilities (n, C) with :meth:`push`, then call :meth:`finish`. Channels are
+    ``n_instruments`` blocks of 128 pitches (instrument-major, like the pitch-instrument outputs).
+
+    How: pending frames are kept from the onset of the earliest note that may still be running (a channel
+    active in the last pending frame). ``roll_to_notes`` runs on the pending frames; every note starting before
+    that cut is complete and is emitted; frames of emitted notes that reach past the cut are blanked so they
+    are not found again. The result equals ``roll_to_notes`` on the whole roll. A note held for longer than
+    ``max_pending_frames`` (60 s by default; only a stuck prediction does that) is cut there and restarted, which
+    is what bounds the memory.
+    """
+
+    def __init__(self, n_instruments: int = 1, threshold: float = 0.5, min_frames: int = MIN_NOTE_FRAMES,
+                 frame_rate: float = FRAME_RATE, max_pending_frames: int = 6000) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.n_instruments = n_instruments
+        self.n_channels = n_instruments * N_PITCHES
+        self.threshold = float(threshold)
+        self.min_frames = min_frames
+        self.frame_rate = frame_rate
+        self.max_pending_frames = max(1, max_pending_frames)
+        self._pending = np.zeros((0, self.n_channels), dtype=np.float32)
+        self._pending_start = 0  # global frame index of _pending[0]
+        self._frames = 0  # frames pushed so far
+        # per instrument: lists of (start_frame, end_frame, pitch, confidence) arrays, global frames
+        self._parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = [
+            [] for _ in range(n_instruments)]
+
+    @property
+    def frames(self) -> int:
+        return self._frames
+
+    def push(self, probs: np.ndarray) -> None:
+        """Add the next block of probabilities, shape (n, n_instruments * 128), values in [0, 1]."""
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.ndim != 2 or probs.shape[1] != self.n_channels:
+            raise ValueError(f"expected (frames, {self.n_channels}) probabilities, got {probs.shape}")
+        self._frames += probs.shape[0]
+        buf = np.concatenate([self._pending, probs]) if self._pending.size else probs
+        n = buf.shape[0]
+        if n == 0:
+            return
+        active = buf >= self.threshold
+        running = active[-1]
+        if running.any():
+            # Onset of each running run: one past the last inactive frame of its channel (0 if none).
+            rev_inactive = ~active[::-1][:, running]
+            has_gap = rev_inactive.any(axis=0)
+            starts = np.where(has_gap, n - np.argmax(rev_inactive, axis=0), 0)
+            cut = int(starts.min())
+        else:
+            cut = n
+        if n >= self.max_pending_frames and cut == 0:
+            cut = n  # a note stuck on for a minute: close it here (bounds memory) and let it restart
+        if cut == 0:
+            self._pending = buf
+            return
+        self._emit(buf, cut)
+        rest = buf[cut:]
+        if rest.size:
+            # Frames continuing a note that was just emitted (its channel active at cut - 1) must not start a
+            # second note: blank the leading active run of those channels.
+            rest = rest.copy()
+            leading = np.cumprod(active[cut:], axis=0).astype(bool) & active[cut - 1]
+            rest[leading] = 0.0
+        self._pending = rest
+        self._pending_start += cut
+
+    def _emit(self, buf: np.ndarray, cut: int) -> None:
+        """Emit the notes of ``buf`` (pending frames) whose onset frame is before ``cut``."""
+        for i in range(self.n_instruments):
+            notes = roll_to_notes(buf[:, i * N_PITCHES:(i + 1) * N_PITCHES], self.threshold, self.frame_rate,
+                                  min_frames=self.min_frames)
+            if not len(notes):
+                continue
+            start = np.round(notes.onset * self.frame_rate).astype(np.int64)
+            end = np.round(notes.offset * self.frame_rate).astype(np.int64)
+            keep = start < cut
+            if keep.any():
+                self._parts[i].append((start[keep] + self._pending_start, end[keep] + self._pending_start,
+                                       notes.pitch[keep], notes.confidence[keep]))
+
+    def finish(self) -> list[NoteList]:
+        """Close the stream (notes still running end at the last frame); one ``NoteList`` per instrument."""
+        if self._pending.shape[0]:
+            self._emit(self._pending, self._pending.shape[0])
+            self._pending_start += self._pending.shape[0]
+            self._pending = self._pending[:0]
+        out = []
+        for parts in self._parts:
+            if parts:
+                s, e, p, c = (np.concatenate(x) for x in zip(*parts))
+                out.append(make_notes(s / self.frame_rate, e / self.frame_rate, p, c))
+            else:
+                out.append(make_notes([], [], np.zeros(0, dtype=np.int16)))
+        return out
+
+
+# ------------------------------------------------------------------------------------------ the model
+
+
+@dataclass
+class Transcriber:
+    """A loaded frame model and what its outputs mean."""
+
+    model: "DownstreamModel"
+    task: str
+    threshold: float
+    source: Path
+    programs: tuple[int, ...]
+    """GM program of each block of 128 outputs: (1,) for transcription, INSTRUMENT_PROGRAMS for pitch-instrument."""
+
+    @property
+    def n_instruments(self) -> int:
+        return len(self.programs)
+
+
+def resolve_downstream_dir(path: str | Path) -> Path:
+    """The downstream model folder: ``RUN/model`` given ``RUN``, or the ``model/`` folder itself."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model folder")
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    if (path / "config.json").is_file():
+        return path
+    if (path / "encoder" / "config.json").is_file():
+        raise ModelFileError(f"{path}: this is a pretraining run (an encoder, no task head); transcription needs a "
+                             "downstream run trained with jtm downstream --task transcription or pitch-instrument")
+    raise ModelFileError(f"{path}: not a downstream run folder (RUN/model/config.json) nor its model/ folder")
+
+
+def load_transcriber(path: str | Path, threshold: float | None = None) -> Transcriber:
+    """Load a downstream run (or its ``model/``) for transcription; refuse models of other tasks.
+
+    The threshold is ``threshold`` if given, else the one tuned on validation data (``config.json``), else 0.5.
+    """
+    from jtm.models.downstream import DownstreamModel
+
+    folder = resolve_downstream_dir(path)
+    cfg = load_json(folder / "config.json")
+    task = cfg.get("task") if isinstance(cfg, dict) else None
+    if task not in FRAME_TASKS:
+        raise JTMError(f"{folder}: the model was trained for the task {task!r}; transcription needs a "
+                       f"'transcription' or 'pitch-instrument' model")
+    model = DownstreamModel.from_pretrained(folder).eval()
+    if threshold is None:
+        saved = cfg.get("threshold")
+        threshold = float(saved) if isinstance(saved, (int, float)) and 0 < saved <= 1 else 0.5
+    if not 0.0 < threshold <= 1.0:
+        raise JTMError(f"--threshold must be in (0, 1], got {threshold}")
+    programs = (PIANO_PROGRAM,) if task == "transcription" else tuple(INSTRUMENT_PROGRAMS)
+    return Transcriber(model=model, task=task, threshold=float(threshold), source=folder, programs=programs)
+
+
+def model_frame_fn(model: "DownstreamModel") -> FrameFn:
+    """Probabilities (n_frames, n_out) for each chunk's core: the model sees the chunk with its context."""
+    import torch
+
+    @torch.inference_mode()
+    def fn(chunk: Chunk) -> np.ndarray:
+        wave = torch.from_numpy(np.ascontiguousarray(chunk.audio, dtype=np.float32))[None]
+        logits = model(wave)[0]  # (F_in, n_out)
+        core = logits[chunk.skip:chunk.skip + chunk.n_frames]
+        if core.shape[0] != chunk.n_frames:
+            return core_frames(logits.numpy(), chunk)  # raises with the shapes
+        return torch.sigmoid(core).numpy()
+
+    return fn
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+@dataclass
+class TranscribeResult:
+    """One transcribed file: its outputs, note count and speed."""
+
+    source: Path
+    midi: Path
+    outputs: list[Path] = field(default_factory=list)
+    n_notes: int = 0
+    instruments: list[str] = field(default_factory=list)
+    duration: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def speed(self) -> float:
+        """Seconds of audio per second of computation (x real time)."""
+        return self.duration / self.seconds if self.seconds > 0 else float("inf")
+
+
+def transcribe_file(tr: Transcriber, path: str | Path, out_dir: str | Path, *, stem: str | None = None,
+                    piano_roll: bool = False, csv: bool = False, chunk_seconds: float = 10.0,
+                    context_seconds: float = 1.0) -> TranscribeResult:
+    """Transcribe one audio file into ``out_dir/<stem>.mid`` (+ ``.png`` / ``.csv``), all written atomically.
+
+    Raises :class:`~jtm.errors.DataError` naming the file for bad input; nothing is written then.
+    """
+    from jtm.evaluation.midi import notes_to_csv, notes_to_midi
+
+    path, out_dir = Path(path), Path(out_dir)
+    stem = stem or path.stem
+    watch = Stopwatch()
+    stitcher = NoteStitcher(tr.n_instruments, tr.threshold)
+    for _, probs in iter_frames(path, model_frame_fn(tr.model), chunk_seconds, context_seconds):
+        stitcher.push(probs)
+    per_instrument = stitcher.finish()
+    notes = {prog: nl for prog, nl in zip(tr.programs, per_instrument) if len(nl) or tr.task == "transcription"}
+    duration = stitcher.frames / FRAME_RATE
+    try:
+        duration = probe_audio(path).duration
+    except Exception:  # validated while streaming; the header only refines the speed figure
+        pass
+    result = TranscribeResult(source=path, midi=out_dir / f"{stem}.mid", duration=duration,
+                              n_notes=sum(len(n) for n in notes.values()),
+                              instruments=[MUSICNET_INSTRUMENTS.get(p, f"program {p}") for p in notes])
+    notes_to_midi(notes, result.midi)
+    result.outputs.append(result.midi)
+    if csv:
+        result.outputs.append(notes_to_csv(notes, out_dir / f"{stem}.csv"))
+    if piano_roll:
+        result.outputs.append(write_notes_png(notes, out_dir / f"{stem}.png", duration, title=path.name))
+    result.seconds = watch.seconds
+    return result
+
+
+def notes_png(notes_by_program: dict[int, NoteList], duration: float, title: str = "") -> bytes:
+    """A piano roll of transcribed notes (one colour per instrument) over the whole file, as PNG bytes.
+
+    Drawn from the note list rather than a frame roll, so a file of any length costs only its notes.
+    """
+    import io
+
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width = float(np.clip(duration * 0.25, 8.0, 24.0))
+    fig = Figure(figsize=(width, 5.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = colormaps["tab10"]
+    pitches = [nl.pitch for nl in notes_by_program.values() if len(nl)]
+    for i, (program, nl) in enumerate(sorted(notes_by_program.items())):
+        if not len(nl):
+            continue
+        ax.barh(nl.pitch, nl.offset - nl.onset, left=nl.onset, height=0.8, color=cmap(i % 10),
+                alpha=np.clip(0.35 + 0.65 * float(np.mean(nl.confidence)), 0, 1),
+                label=MUSICNET_INSTRUMENTS.get(program, f"program {program}"), linewidth=0)
+    if pitches:
+        allp = np.concatenate(pitches)
+        ax.set_ylim(int(allp.min()) - 2.5, int(allp.max()) + 2.5)
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        ax.set_ylim(20.5, 108.5)
+        ax.text(0.5, 0.5, "no notes detected", transform=ax.transAxes, ha="center", va="center", color="grey")
+    ax.set_xlim(0, max(duration, 1e-3))
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("MIDI pitch")
+    ax.grid(True, alpha=0.25)
+    ax.set_title(title or "transcription")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def write_notes_png(notes_by_program: dict[int, NoteList], path: Path, duration: float, title: str = "") -> Path:
+    png = notes_png(notes_by_program, duration, title)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png)
+    return path
+
+
+def transcribe_files(model: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
+                     threshold: float | None = None, piano_roll: bool = False, csv: bool = False,
+                     on_error: str = "raise", chunk_seconds: float = 10.0, context_seconds: float = 1.0,
+                     threads: int | None = None, echo: Callable[[str], None] | None = print) -> BatchOutcome:
+    """Transcribe every input with one model loaded once; print each file's real-time factor.
+
+    Returns a :class:`~jtm.pipelines.chunked.BatchOutcome` of :class:`TranscribeResult` s and skipped inputs.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    names = output_names(inputs, "")
+    tr = load_transcriber(model, threshold)
+    say = echo or (lambda s: None)
+    say(f"model {tr.source} ({tr.task}, threshold {tr.threshold:.2f})")
+    stem_of = {Path(p): n for p, n in zip(inputs, names)}
+
+    def one(path: Path) -> TranscribeResult:
+        r = transcribe_file(tr, path, out_dir, stem=stem_of[path], piano_roll=piano_roll, csv=csv,
+                            chunk_seconds=chunk_seconds, context_seconds=context_seconds)
+        say(f"{path} -> {r.midi}: {r.n_notes} notes ({', '.join(r.instruments) or 'none'}); "
+            f"{r.duration:.1f} s of audio in {r.seconds:.2f} s = {r.speed:.0f}x real time")
+        return r
+
+    return process_files(inputs, one, on_error=on_error, echo=echo)
