@@ -23,12 +23,12 @@ def musicnet_folder(tmp_path: Path) -> tuple[Path, list[FakeTrack]]:
 
 @pytest.fixture(scope="session")
 def prepared_store(tmp_path_factory: pytest.TempPathFactory):
-    """A prepared store from 4 train (4 s, two ensembles) + 1 test track; shared read-only by a session."""
+    """A prepared store from 4 train (3-5 s, two ensembles) + 1 test track; shared read-only by a session."""
     from jtm.data.prepare import prepare_store
     from jtm.data.store import Store
 
     base = tmp_path_factory.mktemp("shared_store")
-    tracks = make_musicnet_folder(base / "src", n_train=4, n_test=1, seconds=[4.0, 3.0, 5.0, 4.0, 3.0])
+    tracks = make_musicnet_folder(base / "src", n_train=4, n_test=1, seconds=[4.1, 3.3, 5.2, 4.15, 3.05])
     prepare_store(base / "src", base / "store", workers=1, progress=False)
     return Store.open(base / "store"), tracks
 

@@ -87,7 +87,9 @@ def plan_epoch(
 ) -> EpochPlan:
     """Plan one epoch over tracks of ``lengths`` (n,) samples.
 
-    - Offsets: random in ``[0, window)`` per track when ``random_offset``, else 0 (rng seeded by seed + epoch).
+    - Offsets: random in ``[0, min(window, slack)]`` per track when ``random_offset``, else 0 (rng seeded by
+      seed + epoch), where ``slack = length - (length // window) * window`` is the audio the grid leaves over.
+      The offset therefore never costs a track a window, and the batch count stays the same every epoch.
     - Groups: tracks in a seeded random order (``sequential``: given order; ``samecategory``: categories in
       random order, tracks of one category together so that few batches straddle groups), cut so one
       group's int16 audio stays within ``max_memory_bytes``.
@@ -103,8 +105,9 @@ def plan_epoch(
     lengths = np.asarray(lengths, dtype=np.int64)
     n = len(lengths)
     rng = np.random.default_rng(seed + epoch)
-    offsets = rng.integers(0, window, size=n, dtype=np.int64) if random_offset else np.zeros(n, np.int64)
-    n_windows = np.maximum(0, (lengths - offsets) // window)
+    n_windows = np.maximum(0, lengths // window)
+    slack = np.minimum(lengths - n_windows * window, window - 1)
+    offsets = rng.integers(0, slack + 1, dtype=np.int64) if random_offset else np.zeros(n, np.int64)
 
     if sampling == "sequential":
         order = np.arange(n, dtype=np.int64)
