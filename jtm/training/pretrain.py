@@ -3,7 +3,8 @@
 Outputs of a run folder ``RUN``:
     RUN/run.json               the full configuration (a re-run with the same ``--out`` must match it)
     RUN/checkpoints/*.ckpt     resume checkpoints (every epoch, ``last.ckpt``, optionally every N steps)
-    RUN/logs/                  TensorBoard events and ``metrics.csv``: loss and accuracy per prediction step
+    RUN/logs/tensorboard/      TensorBoard events: loss and accuracy per prediction step, train and validation
+    RUN/logs/csv/version_N/    the same as CSV, one version per start (see ``jtm.training.logs.read_metrics``)
     RUN/encoder/               the trained encoder as model.safetensors + config.json
     RUN/metrics.json           final per-step loss and accuracy
 """
@@ -236,7 +237,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=cfg.precision, callbacks=callbacks,
-        logger=[TensorBoardLogger(out, name="logs", version=""), CSVLogger(out, name="logs", version="")],
+        # A new CSV version per start: Lightning's CSV logger would delete an existing metrics.csv on resume.
+        logger=[TensorBoardLogger(out / "logs", name="tensorboard", version=""), CSVLogger(out / "logs", name="csv")],
         plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.log_every_n_steps, num_sanity_val_steps=0,
         enable_progress_bar=cfg.progress, limit_train_batches=cfg.limit_train_batches, deterministic=False,
         use_distributed_sampler=False,
