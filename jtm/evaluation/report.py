@@ -1,7 +1,7 @@
 """``jtm report``: one self-contained HTML page about pretraining runs, downstream runs and studies.
 
 Inputs are folders; each is searched (a few levels deep) for
-- pretraining runs: ``run.json`` + ``encoder/`` or ``logs/metrics.csv`` (``jtm pretrain``),
+- pretraining runs: ``run.json`` + ``encoder/`` or ``logs/`` (``jtm pretrain``),
 - downstream runs: ``model/config.json`` (``jtm downstream``), with ``metrics.json`` once evaluated and an
   optional ``excerpt.npz`` (a test excerpt's ground truth and prediction),
 - studies: ``results.csv`` (``jtm study``),
@@ -74,10 +74,16 @@ def classify(folder: Path) -> set[str]:
     kinds: set[str] = set()
     if (folder / "model" / "config.json").is_file():
         kinds.add("downstream")
-    elif (folder / "run.json").is_file() and (
-        (folder / "encoder").is_dir() or (folder / "logs" / "metrics.csv").is_file()
-    ):
-        kinds.add("pretrain")
+    elif (folder / "run.json").is_file() and ((folder / "encoder").is_dir() or (folder / "logs").is_dir()):
+        try:
+            cfg = load_json(folder / "run.json")
+        except Exception:
+            cfg = None
+        # A downstream run that has not saved its model yet also has run.json + logs/; its config names a task.
+        if isinstance(cfg, dict) and "task" in cfg:
+            kinds.add("downstream")
+        else:
+            kinds.add("pretrain")
     if (folder / "results.csv").is_file():
         kinds.add("study")
     return kinds
@@ -223,18 +229,19 @@ def section_cpc(ctx: Context) -> str:
     from jtm.evaluation.plots import cpc_curves_png
 
     if not ctx.found.pretrain:
-        raise Missing("No pretraining run (a folder with run.json and logs/metrics.csv) was given.")
+        raise Missing("No pretraining run (a folder with run.json and logs/) was given.")
     parts = []
     for run in ctx.found.pretrain:
-        csv = run / "logs" / "metrics.csv"
         parts.append(f"<h3>{esc(ctx.name(run))}</h3>")
-        if not csv.is_file():
-            parts.append(note(f"{csv} does not exist (training has not logged yet)."))
+        try:
+            metrics = training_log(run)
+        except FileNotFoundError as e:
+            parts.append(note(f"{e} (training has not logged yet)."))
             continue
         try:
-            png = cpc_curves_png(csv, title=f"CPC training: {ctx.name(run)}")
+            png = cpc_curves_png(metrics, title=f"CPC training: {ctx.name(run)}")
         except Exception as e:  # one broken log must not hide the other runs
-            parts.append(_error(f"could not plot {csv}", e))
+            parts.append(_error(f"could not plot the training log of {ctx.name(run)}", e))
             continue
         parts.append(img(png, f"CPC loss and accuracy per prediction step for {ctx.name(run)}",
                          "InfoNCE loss and prediction accuracy for each step k = 1..K, train and validation."))
@@ -242,6 +249,20 @@ def section_cpc(ctx: Context) -> str:
         if isinstance(final, dict) and final:
             parts.append(_final_cpc_table(final))
     return "".join(parts)
+
+
+def training_log(run: Path) -> pd.DataFrame:
+    """Everything a pretraining run logged (all starts stitched by ``jtm.training.logs.read_metrics``);
+    falls back to a single ``logs/metrics.csv``. Raises FileNotFoundError when there is no log."""
+    from jtm.training.logs import read_metrics
+
+    try:
+        return read_metrics(run)
+    except FileNotFoundError:
+        legacy = run / "logs" / "metrics.csv"
+        if legacy.is_file():
+            return pd.read_csv(legacy)
+        raise
 
 
 def _final_cpc_table(metrics: dict[str, float]) -> str:

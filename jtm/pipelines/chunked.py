@@ -176,13 +176,29 @@ FrameFn = Callable[[Chunk], np.ndarray]
 It is called on the chunks of a file in order, so it may carry state (a recurrent network's hidden state)
 from one chunk to the next."""
 
+BatchFn = Callable[[list[Chunk]], list[np.ndarray]]
+"""A frame model on a batch of consecutive chunks: one (chunk.n_frames, D) array per chunk, in order."""
+
 
 def core_frames(out: np.ndarray, chunk: Chunk) -> np.ndarray:
-    """Keep a chunk's core from a model's outputs over the whole chunk: (L // 160, D) -> (n_frames, D)."""
+    """Keep a chunk's core from a model's outputs over the whole chunk: (>= L // 160, D) -> (n_frames, D)."""
     if out.ndim != 2 or out.shape[0] < chunk.skip + chunk.n_frames:
         raise RuntimeError(f"frame model returned shape {tuple(out.shape)} for {chunk.audio.size} samples; "
                            f"expected ({chunk.audio.size // HOP}, D)")
     return out[chunk.skip:chunk.skip + chunk.n_frames]
+
+
+def stack_chunks(chunks: Sequence[Chunk]) -> np.ndarray:
+    """The chunks' audio as one (B, L_max) float32 batch, zero-padded on the right.
+
+    Only the last chunk of a file can be shorter; padding after its end changes none of its core frames for
+    convolutions with the usual margin and forward-running context networks.
+    """
+    length = max(c.audio.size for c in chunks)
+    batch = np.zeros((len(chunks), length), dtype=np.float32)
+    for i, c in enumerate(chunks):
+        batch[i, :c.audio.size] = c.audio
+    return batch
 
 
 def frames_in(seconds: float) -> int:
@@ -190,20 +206,46 @@ def frames_in(seconds: float) -> int:
     return max(0, int(round(seconds * SAMPLE_RATE / HOP)))
 
 
-def iter_frames(path: str | Path, frame_fn: FrameFn, chunk_seconds: float = 10.0, context_seconds: float = 1.0,
+def iter_frames(path: str | Path, frame_fn: FrameFn | None = None, chunk_seconds: float = 10.0,
+                context_seconds: float = 1.0, *, batch_fn: BatchFn | None = None, batch_size: int = 1,
                 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Run ``frame_fn`` over a file chunk by chunk; yield ``(first_frame, outputs (n, D))`` for each core.
+    """Run a frame model over a file chunk by chunk; yield ``(first_frame, outputs (n, D))`` for each core.
 
+    Give either ``frame_fn`` (one chunk at a time) or ``batch_fn`` with ``batch_size`` (that many consecutive
+    chunks at once: faster for short chunks, memory grows with the batch).
     Raises :class:`DataError` naming the file for bad input (possibly after some chunks were yielded) and
     when the file holds less than one frame (10 ms) of audio.
     """
+    if (frame_fn is None) == (batch_fn is None):
+        raise ValueError("give exactly one of frame_fn and batch_fn")
+    if batch_fn is None:
+        assert frame_fn is not None
+        single = frame_fn
+
+        def batch_fn(chunks: list[Chunk]) -> list[np.ndarray]:
+            return [single(c) for c in chunks]
+
+        batch_size = 1
     n_total = 0
-    for chunk in iter_chunks(stream_audio(path), max(1, frames_in(chunk_seconds)), frames_in(context_seconds)):
-        out = np.asarray(frame_fn(chunk))
-        if out.ndim != 2 or out.shape[0] != chunk.n_frames:
-            raise RuntimeError(f"frame model returned shape {out.shape} for a chunk of {chunk.n_frames} frames")
-        yield chunk.first_frame, out
+    pending: list[Chunk] = []
+    chunks = iter_chunks(stream_audio(path), max(1, frames_in(chunk_seconds)), frames_in(context_seconds))
+
+    def run(batch: list[Chunk]) -> Iterator[tuple[int, np.ndarray]]:
+        outs = batch_fn(batch)
+        for chunk, out in zip(batch, outs, strict=True):
+            out = np.asarray(out)
+            if out.ndim != 2 or out.shape[0] != chunk.n_frames:
+                raise RuntimeError(f"frame model returned shape {out.shape} for a chunk of {chunk.n_frames} frames")
+            yield chunk.first_frame, out
+
+    for chunk in chunks:
+        pending.append(chunk)
         n_total += chunk.n_frames
+        if len(pending) >= max(1, batch_size):
+            yield from run(pending)
+            pending = []
+    if pending:
+        yield from run(pending)
     if n_total == 0:
         raise DataError(path, f"audio is shorter than one {1000 * HOP // SAMPLE_RATE} ms frame")
 

@@ -36,30 +36,16 @@ LAYERS = ("context", "encoder")
 POOLS = ("none", "mean")
 
 
-def resolve_encoder_dir(path: str | Path) -> Path:
-    """The folder holding an encoder's ``config.json`` + ``model.safetensors``.
+def load_encoder(path: str | Path) -> "CPCEncoder":
+    """A pretrained CPC encoder in eval mode, from a pretraining run folder or its ``encoder/`` folder (or
+    anything else :func:`jtm.models.downstream.load_frontend_source` accepts: a downstream run with a CPC
+    front end, a single encoder file)."""
+    from jtm.models.downstream import load_frontend_source
 
-    Accepts the folder itself (``RUN/encoder``) or a pretraining run folder ``RUN`` (which holds ``encoder/``).
-    Raises :class:`ModelFileError` with a hint when neither is found.
-    """
     path = Path(path)
     if not path.exists():
-        raise ModelFileError(f"{path}: no such encoder folder")
-    if (path / "config.json").is_file():
-        return path
-    if (path / "encoder" / "config.json").is_file():
-        return path / "encoder"
-    if (path / "run.json").is_file():
-        raise ModelFileError(f"{path}: this run folder has no encoder/ yet (pretraining has not finished)")
-    raise ModelFileError(f"{path}: not an encoder folder (config.json + model.safetensors) nor a pretraining "
-                         "run folder with encoder/")
-
-
-def load_encoder(path: str | Path) -> "CPCEncoder":
-    """``CPCEncoder.from_pretrained`` on a pretraining run folder or its ``encoder/`` folder; eval mode."""
-    from jtm.models.cpc import CPCEncoder
-
-    return CPCEncoder.from_pretrained(resolve_encoder_dir(path)).eval()
+        raise ModelFileError(f"{path}: no such encoder folder or pretraining run")
+    return load_frontend_source(path).eval()
 
 
 def encoder_frame_fn(encoder: "CPCEncoder", layer: str = "context") -> FrameFn:
