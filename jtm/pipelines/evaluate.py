@@ -1,0 +1,294 @@
+"""``jtm evaluate RUN``: score a downstream run on whole recordings of a split and write ``RUN/metrics.json``.
+
+Whole recordings, not random windows. Every labelled recording of the split is predicted from start to end:
+- frame tasks: ``DownstreamModel.predict_frames`` cuts the recording into chunks of the training window, each
+  seeing ``context_frames`` frames of real audio on both sides of the frames it keeps (default: one eighth of
+  the window per side; ``context_frames=0`` gives plain non-overlapping chunks); cores tile the recording, so
+  every 10 ms frame is predicted exactly once, and the last, partial chunk is zero-padded. The stitched
+  probabilities are compared with ``track_piano_roll`` of the whole recording.
+- classification: ``DownstreamModel.predict_windows`` classifies every window of each recording
+  (non-overlapping from the start, plus one end-aligned window for a remainder); scores are reported per
+  window and per recording (majority vote over its windows).
+
+Metrics (pooled over the recordings of the split):
+- transcription: ``frame_ap`` (sklearn AP micro-averaged over all frame x pitch cells, MusicNet's protocol),
+  ``frame_precision/recall/f1/accuracy`` at the threshold tuned on validation (mir_eval.multipitch),
+  ``note_precision/recall/f1`` (mir_eval.transcription, onsets within 50 ms, offsets ignored) after turning
+  frame probabilities into notes (``jtm.evaluation.notes.roll_to_notes``; reference notes come from the note
+  table), and ``per_track`` frame AP.
+- pitch-instrument: the same keys on the pitch projection (max over instruments) so they compare with
+  transcription runs, plus ``pitch_instrument_ap`` (micro AP over all 11 x 128 outputs) and
+  ``ap_per_instrument`` (nan for instruments absent from the split) and ``mean_instrument_ap``.
+- classification: ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``per_class_f1``, ``confusion`` (per window)
+  and the same prefixed ``track_`` for the majority vote; ``RUN/confusion.csv`` and ``RUN/confusion.png``.
+
+Also written: ``RUN/excerpt.npz`` (frame tasks): ``truth`` bool (F, 128), ``prob`` float32 (F, 128) of the first
+``excerpt_seconds`` of the first recording, with ``threshold``, ``frame_rate`` and ``track_id``; numpy arrays
+only (``np.load(..., allow_pickle=False)``), plus ``RUN/excerpt.png``.
+
+Memory: frame probabilities of the whole split are held at once (float16 for pitch-instrument), and sklearn's
+AP makes a float64 copy: about 12 bytes per (frame, output) cell. ``max_seconds`` caps each recording.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS
+from jtm.data.labels import HOP, N_INSTRUMENTS
+from jtm.data.store import Store
+from jtm.errors import JTMError
+from jtm.evaluation.metrics import (classification_metrics, frame_average_precision, frame_prf, note_prf,
+                                    per_instrument_ap)
+from jtm.evaluation.notes import NoteList, make_notes, roll_to_notes
+from jtm.evaluation.plots import plot_confusion, plot_piano_roll
+from jtm.fileio import atomic_path, load_json, write_json_atomic, write_text_atomic
+from jtm.models.downstream import DownstreamModel
+from jtm.training.downstream import DownstreamConfig, frame_roll, task_data
+
+FRAME_RATE = 100.0
+MIN_NOTE_FRAMES = 2
+"""Estimated notes shorter than this many frames are dropped (one-frame blips are not notes)."""
+_NOTE_GAP_SECONDS = 10.0
+"""Silence inserted between recordings when pooling their notes, so no note matches across recordings."""
+
+HEADLINE = {"transcription": "frame_ap", "pitch-instrument": "pitch_instrument_ap"}
+"""The metric a study reports per task; classification tasks use ``accuracy``."""
+
+
+def headline_metric(task: str) -> str:
+    return HEADLINE.get(task, "accuracy")
+
+
+def split_tracks_of_run(store: Store, cfg: DownstreamConfig, split: str) -> np.ndarray:
+    """Store indices evaluated for ``split``: 'test' (all labelled test recordings), 'val' (the run's
+    hold-out), or 'train' (the run's label subset)."""
+    data = task_data(store, cfg.task, cfg.label_fraction, cfg.seed, cfg.val_fraction)
+    if split not in ("test", "val", "train"):
+        raise JTMError(f"--split must be test, val or train, not {split!r}")
+    tracks = getattr(data.splits, split)
+    if len(tracks) == 0:
+        raise JTMError(f"{store.path}: no labelled {split} recordings for task {cfg.task!r}")
+    return tracks
+
+
+def _reference_notes(store: Store, track: int, n_frames: int) -> NoteList:
+    """The track's true notes in seconds, clipped to the evaluated frames, duplicates (same onset and pitch on
+    several instruments) merged: pitch-level notes, as the transcription metric counts them."""
+    notes = store.notes(track)
+    sr = float(store.sample_rate)
+    end_limit = n_frames * HOP
+    keep = notes.start < end_limit
+    start = notes.start[keep].astype(np.int64)
+    end = np.minimum(notes.end[keep].astype(np.int64), end_limit)
+    pitch = notes.pitch[keep].astype(np.int64)
+    ok = end > start
+    start, end, pitch = start[ok], end[ok], pitch[ok]
+    if len(start):
+        _, first = np.unique(np.stack([start, pitch], axis=1), axis=0, return_index=True)
+        first = np.sort(first)
+        start, end, pitch = start[first], end[first], pitch[first]
+    return make_notes(start / sr, end / sr, pitch)
+
+
+def _concat_notes(parts: list[tuple[float, NoteList]]) -> NoteList:
+    """Pool note lists shifted by their recording's time offset."""
+    if not parts:
+        return make_notes([], [], np.zeros(0, dtype=np.int16))
+    return make_notes(
+        np.concatenate([n.onset + off for off, n in parts]), np.concatenate([n.offset + off for off, n in parts]),
+        np.concatenate([n.pitch for _, n in parts]), np.concatenate([n.confidence for _, n in parts]),
+    )
+
+
+def _write_excerpt(run: Path, truth: np.ndarray, prob: np.ndarray, threshold: float, track_id: str) -> None:
+    with atomic_path(run / "excerpt.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, truth=truth.astype(bool), prob=prob.astype(np.float32),
+                                threshold=np.float32(threshold), frame_rate=np.float32(FRAME_RATE),
+                                track_id=np.array(str(track_id)))
+    if len(truth):
+        plot_piano_roll(truth, prob, run / "excerpt.png", frame_rate=FRAME_RATE, threshold=threshold,
+                        title=f"track {track_id}: first {len(truth) / FRAME_RATE:.0f} s")
+
+
+def evaluate_frames(model: DownstreamModel, store: Store, tracks: np.ndarray, cfg: DownstreamConfig, run: Path,
+                    *, context_frames: int, batch_size: int, max_seconds: float | None, excerpt_seconds: float,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """Predict whole recordings of a frame task and score them (see the module docstring)."""
+    threshold = 0.5 if model.threshold is None else float(model.threshold)
+    limit = None if max_seconds is None else int(max_seconds * store.sample_rate)
+    by_instrument = model.task == "pitch-instrument"
+    ids = store.tracks["id"].astype(str).to_numpy()
+    truths, probs, full_truths, full_probs = [], [], [], []
+    ref_parts, est_parts, per_track = [], [], []
+    offset = 0.0
+    for k, t in enumerate(tracks):
+        t0 = time.perf_counter()
+        audio = store.audio(int(t))[:limit]
+        prob = model.predict_frames(audio, cfg.window, context_frames, batch_size)
+        n = len(prob)
+        truth = frame_roll(store, int(t), model.task, n)
+        if by_instrument:
+            full_truths.append(truth)
+            full_probs.append(prob.astype(np.float16))  # halves the largest array; AP needs only the order
+            prob = prob.reshape(n, N_INSTRUMENTS, -1).max(axis=1)
+            truth = truth.reshape(n, N_INSTRUMENTS, -1).any(axis=1)
+        truths.append(truth)
+        probs.append(prob)
+        ref_parts.append((offset, _reference_notes(store, int(t), n)))
+        est_parts.append((offset, roll_to_notes(prob, threshold, FRAME_RATE, min_frames=MIN_NOTE_FRAMES)))
+        offset += n / FRAME_RATE + _NOTE_GAP_SECONDS
+        per_track.append({"id": ids[t], "seconds": n / FRAME_RATE, "frame_ap": frame_average_precision(truth, prob)})
+        if k == 0:
+            m = min(n, int(excerpt_seconds * FRAME_RATE))
+            _write_excerpt(run, truth[:m], prob[:m], threshold, ids[t])
+        log(f"  {k + 1}/{len(tracks)} {ids[t]}: {n / FRAME_RATE:.1f} s in {time.perf_counter() - t0:.1f} s")
+    truth, prob = np.concatenate(truths), np.concatenate(probs)
+    frame = frame_prf(truth, prob, threshold, FRAME_RATE)
+    note = note_prf(_concat_notes(ref_parts), _concat_notes(est_parts))
+    ref_total = sum(len(n) for _, n in ref_parts)
+    est_total = sum(len(n) for _, n in est_parts)
+    metrics: dict[str, Any] = {
+        "frame_ap": frame_average_precision(truth, prob),
+        **{f"frame_{k}": v for k, v in frame.items()},
+        **{f"note_{k}": v for k, v in note.items()},
+        "threshold": threshold,
+        "n_ref_notes": int(ref_total),
+        "n_est_notes": int(est_total),
+        "n_frames": int(len(truth)),
+    }
+    if by_instrument:
+        full_truth = np.concatenate(full_truths)
+        full_prob = np.concatenate(full_probs)
+        names = [MUSICNET_INSTRUMENTS[p] for p in INSTRUMENT_PROGRAMS]
+        per_inst = per_instrument_ap(full_truth.reshape(len(full_truth), N_INSTRUMENTS, -1),
+                                     full_prob.reshape(len(full_prob), N_INSTRUMENTS, -1), names)
+        present = [v for v in per_inst.values() if not math.isnan(v)]
+        metrics["pitch_instrument_ap"] = frame_average_precision(full_truth, full_prob)
+        metrics["mean_instrument_ap"] = float(np.mean(present)) if present else float("nan")
+        metrics["ap_per_instrument"] = per_inst
+    metrics["per_track"] = per_track
+    return metrics
+
+
+def _majority(probs: np.ndarray) -> int:
+    """The most voted class of a recording's windows; ties go to the higher mean probability."""
+    votes = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]).astype(np.float64)
+    return int(np.argmax(votes + 1e-6 * probs.mean(axis=0)))
+
+
+def evaluate_classification(model: DownstreamModel, store: Store, tracks: np.ndarray, cfg: DownstreamConfig,
+                            run: Path, *, batch_size: int, max_seconds: float | None,
+                            log: Callable[[str], None]) -> dict[str, Any]:
+    """Classify every window of whole recordings; score per window and per recording (majority vote)."""
+    classes = list(model.classes or [])
+    lookup = {name: i for i, name in enumerate(classes)}
+    column = store.tracks[model.task].astype(str).str.strip().to_numpy()
+    ids = store.tracks["id"].astype(str).to_numpy()
+    limit = None if max_seconds is None else int(max_seconds * store.sample_rate)
+    y_true, y_pred, t_true, t_pred, per_track = [], [], [], [], []
+    for k, t in enumerate(tracks):
+        t0 = time.perf_counter()
+        if column[t] not in lookup:
+            raise JTMError(f"{store.path}: track {ids[t]} has class {column[t]!r}, unknown to the model "
+                           f"(classes {classes}); was the model trained on another store?")
+        label = lookup[column[t]]
+        probs, _ = model.predict_windows(store.audio(int(t))[:limit], cfg.window, batch_size)
+        pred = probs.argmax(axis=1)
+        y_true.append(np.full(len(pred), label))
+        y_pred.append(pred)
+        t_true.append(label)
+        t_pred.append(_majority(probs))
+        per_track.append({"id": ids[t], "true": classes[label], "predicted": classes[t_pred[-1]],
+                          "n_windows": int(len(pred)), "window_accuracy": float((pred == label).mean())})
+        log(f"  {k + 1}/{len(tracks)} {ids[t]}: {len(pred)} windows in {time.perf_counter() - t0:.1f} s")
+    window = classification_metrics(np.concatenate(y_true), np.concatenate(y_pred), classes)
+    track = classification_metrics(np.asarray(t_true), np.asarray(t_pred), classes)
+    confusion = np.asarray(window["confusion"])
+    table = pd.DataFrame(confusion, index=pd.Index(classes, name="true \\ predicted"), columns=classes)
+    write_text_atomic(run / "confusion.csv", table.to_csv())
+    plot_confusion(confusion, classes, run / "confusion.png", title=f"{model.task}: windows of {len(tracks)} recordings")
+    metrics: dict[str, Any] = dict(window)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        metrics[f"track_{key}"] = track[key]
+    metrics["track_confusion"] = track["confusion"]
+    metrics["n_windows"] = int(confusion.sum())
+    metrics["per_track"] = per_track
+    return metrics
+
+
+def evaluate_run(run: str | Path, split: str = "test", *, data: str | Path | None = None,
+                 context_frames: int | None = None, batch_size: int | None = None, max_seconds: float | None = None,
+                 excerpt_seconds: float = 10.0, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a finished downstream run on whole recordings of ``split``; write ``RUN/metrics.json``
+    atomically and return the metrics. ``data`` overrides the store recorded in ``run.json``."""
+    run = Path(run)
+    if not (run / "run.json").is_file():
+        raise JTMError(f"{run}: not a downstream run folder (no run.json)")
+    if not (run / "model" / "config.json").is_file():
+        raise JTMError(f"{run}: training has not finished (no model/); re-run `jtm downstream` with the same --out")
+    cfg = DownstreamConfig.from_dict(load_json(run / "run.json"))
+    store = Store.open(data or cfg.data)
+    model = DownstreamModel.from_pretrained(run / "model")
+    tracks = split_tracks_of_run(store, cfg, split)
+    log: Callable[[str], None] = print if progress else (lambda _msg: None)
+    log(f"evaluating {run} on {len(tracks)} {split} recording(s)")
+    t0 = time.perf_counter()
+    ctx = cfg.context_frames if context_frames is None else max(0, min(int(context_frames),
+                                                                      (cfg.window // HOP - 1) // 2))
+    bs = batch_size or cfg.batch_size
+    if model.is_frame_task:
+        metrics = evaluate_frames(model, store, tracks, cfg, run, context_frames=ctx, batch_size=bs,
+                                  max_seconds=max_seconds, excerpt_seconds=excerpt_seconds, log=log)
+    else:
+        metrics = evaluate_classification(model, store, tracks, cfg, run, batch_size=bs, max_seconds=max_seconds,
+                                          log=log)
+    ids = store.tracks["id"].astype(str).to_numpy()
+    result = {
+        "task": cfg.task, "split": split, "headline_metric": headline_metric(cfg.task),
+        "headline": metrics[headline_metric(cfg.task)], "encoder": cfg.encoder, "probe": cfg.probe,
+        "finetune": cfg.finetune, "features": cfg.features, "label_fraction": cfg.label_fraction,
+        "n_tracks": int(len(tracks)), "tracks": ids[tracks].tolist(), "context_frames": ctx,
+        "max_seconds": max_seconds, "seconds": round(time.perf_counter() - t0, 3), **metrics,
+    }
+    write_json_atomic(run / "metrics.json", _json_safe(result))
+    return result
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf become null so metrics.json is strict JSON (absent classes and instruments have no score)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+TABLE_KEYS = ("frame_ap", "pitch_instrument_ap", "mean_instrument_ap", "frame_precision", "frame_recall", "frame_f1",
+              "note_precision", "note_recall", "note_f1", "threshold", "accuracy", "balanced_accuracy", "macro_f1",
+              "track_accuracy", "track_balanced_accuracy", "track_macro_f1")
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A two-column text table of the scalar metrics worth reading."""
+    rows = [(k, metrics[k]) for k in TABLE_KEYS if k in metrics]
+    rows += [(f"AP {name}", v) for name, v in (metrics.get("ap_per_instrument") or {}).items()
+             if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    width = max([len(k) for k, _ in rows] + [6])
+    head = f"{metrics.get('task', '')} on {metrics.get('n_tracks', '?')} {metrics.get('split', '')} recording(s)"
+    lines = [head, "-" * max(len(head), width + 10)]
+    for key, value in rows:
+        shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+        lines.append(f"{key:<{width}}  {shown}")
+    return "\n".join(lines)

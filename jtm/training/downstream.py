@@ -1,0 +1,479 @@
+"""Downstream training with Lightning: a front end (pretrained CPC, random CPC, log-mel, or CPC from scratch)
+plus a linear or MLP probe, on a seeded fraction of the labelled training recordings.
+
+Outputs of a run folder ``RUN`` (see docs/ARCHITECTURE.md, "Downstream runs"):
+    RUN/run.json            the configuration (a re-run with the same ``--out`` must match it)
+    RUN/splits.json         the store track ids of train (the label subset), train_pool, val and test
+    RUN/checkpoints/*.ckpt  resume checkpoints (last epoch and ``last.ckpt``)
+    RUN/logs/               TensorBoard events and ``metrics.csv`` (train/loss, val/loss, val/acc)
+    RUN/model/              the trained model (``DownstreamModel.save_pretrained``), with the frame threshold
+                            tuned on the validation recordings for frame tasks
+
+Protocol:
+- Validation recordings are a seeded hold-out of the store's training recordings, carved *before* the label
+  subset is drawn (``jtm.data.subsets.labelled_splits``), so every ``--label-fraction`` shares them; the test
+  recordings are never subsampled. Only labelled recordings take part: for frame tasks those with at least one
+  note, for classification those with a value in the column.
+- Frame tasks use BCE with one positive weight, ``clip(negatives / positives, 1, max_pos_weight)`` over the
+  training recordings' label cells (active notes are rare cells; AP is rank-based and the threshold is tuned
+  afterwards, so the weight mainly helps the optimiser). Classification uses cross-entropy, optionally
+  weighted by inverse class frequency of the training windows (``class_weights``).
+- The frozen front ends (pretrained CPC without ``finetune``, random CPC) run without gradients in eval mode;
+  ``finetune`` and ``supervised`` train the front end too, at ``frontend_lr`` (default: lr / 10 when
+  fine-tuning a pretrained encoder, lr when training from scratch). The log-mel front end has no trainable
+  parameters; its per-band normalisation statistics accumulate during training.
+- The model after the last epoch is kept (no early stopping: probes are short runs and the test set is not
+  looked at, so there is nothing to select on but validation loss, which is logged).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from jtm.data.labels import HOP, N_INSTRUMENTS, track_piano_roll, track_pitch_instrument_roll
+from jtm.data.store import Store
+from jtm.data.subsets import LabelledSplits, labelled_splits
+from jtm.data.windows import WindowBatches
+from jtm.errors import JTMError
+from jtm.evaluation.metrics import tune_threshold
+from jtm.fileio import load_json, write_json_atomic
+from jtm.models.config import CPCConfig
+from jtm.models.cpc import CPCEncoder
+from jtm.models.downstream import (DownstreamModel, is_frame_task, load_frontend_source, pos_weight_from_counts,
+                                   read_downstream_config)
+from jtm.models.logmel import LogMel
+from jtm.training.callbacks import SetEpoch
+from jtm.training.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
+
+ENCODER_KINDS = ("random", "logmel", "supervised")
+"""Front ends named by keyword; any other ``encoder`` value is a path to a pretrained encoder."""
+
+
+@dataclass
+class DownstreamConfig:
+    """Everything a downstream run depends on; saved as ``RUN/run.json``."""
+
+    data: str
+    out: str
+    task: str = "transcription"
+    encoder: str = "random"
+    """A pretrained run / ``encoder/`` folder / encoder file, or ``random``, ``logmel``, ``supervised``."""
+    architecture: str | None = None
+    """For ``random``/``supervised``: a run (or encoder) whose CPCConfig to copy; else ``model`` or defaults."""
+    model: CPCConfig | None = None
+    """The CPC architecture for ``random``/``supervised`` (filled in from ``architecture`` when given)."""
+    probe: str = "linear"
+    hidden: int = 512
+    """Hidden units of the MLP probe."""
+    probe_dropout: float = 0.1
+    finetune: bool = False
+    features: str = "context"
+    label_fraction: float = 1.0
+    val_fraction: float = 0.1
+    window: int = 20480
+    batch_size: int = 8
+    epochs: int = 10
+    lr: float = 1e-3
+    frontend_lr: float | None = None
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    class_weights: bool = False
+    pos_weight: float | None = None
+    """BCE positive weight for frame tasks; None computes it from the training labels."""
+    max_pos_weight: float = 100.0
+    sampling: str = "uniform"
+    max_memory_gb: float | None = None
+    seed: int = 0
+    precision: str = "32-true"
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    log_every_n_steps: int = 10
+    eval_context_frames: int | None = None
+    """Context frames on each side of a chunk when predicting whole recordings (None: window frames // 8)."""
+    tune_max_seconds: float | None = None
+    """Use at most this many seconds of each validation recording to tune the threshold (None: all)."""
+    threads: int | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = None if self.model is None else self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DownstreamConfig":
+        d = dict(d)
+        if d.get("model") is not None:
+            d["model"] = CPCConfig.from_dict(d["model"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    # Settings that may change between a run and its resumption without changing what is trained.
+    RESUMABLE_CHANGES = ("epochs", "progress", "threads", "devices", "strategy", "accelerator", "data",
+                         "limit_val_batches", "log_every_n_steps", "tune_max_seconds", "eval_context_frames")
+
+    @property
+    def context_frames(self) -> int:
+        frames = self.window // HOP
+        ctx = frames // 8 if self.eval_context_frames is None else int(self.eval_context_frames)
+        return max(0, min(ctx, (frames - 1) // 2))
+
+    @property
+    def frontend_kind(self) -> str:
+        """'pretrained', 'random', 'logmel' or 'supervised'."""
+        return self.encoder if self.encoder in ENCODER_KINDS else "pretrained"
+
+    def validate(self) -> None:
+        if self.probe not in ("linear", "mlp"):
+            raise JTMError(f"--probe must be linear or mlp, not {self.probe!r}")
+        if self.features not in ("context", "encoder"):
+            raise JTMError(f"--features must be context or encoder, not {self.features!r}")
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise JTMError(f"--label-fraction must lie in (0, 1], not {self.label_fraction}")
+        if self.finetune and self.frontend_kind != "pretrained":
+            raise JTMError(f"--finetune needs a pretrained encoder; {self.encoder!r} is "
+                           + ("trained from scratch anyway" if self.encoder == "supervised" else "a fixed baseline"))
+        if self.window % HOP:
+            raise JTMError(f"--window ({self.window}) must be a multiple of {HOP} samples (one label frame)")
+        if self.window < 2 * HOP:
+            raise JTMError(f"--window ({self.window}) must span at least two 10 ms frames")
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class TaskData:
+    """The labelled recordings of a task and what the loss needs to know about them."""
+
+    splits: LabelledSplits
+    classes: list[str] | None = None
+    class_of_track: np.ndarray | None = None
+    """(n_tracks,) int64 class code per store track, -1 for tracks without a value (classification only)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def labelled_tracks(store: Store, task: str, split: str) -> np.ndarray:
+    """Store indices of ``split`` that carry labels for ``task`` (sorted int64)."""
+    idx = store.indices(split)
+    if is_frame_task(task):
+        return idx[[len(store.notes(int(i))) > 0 for i in idx]] if len(idx) else idx
+    if task not in store.tracks.columns:
+        raise JTMError(f"{store.path / 'tracks.csv'}: no column {task!r} to classify; tasks are transcription, "
+                       f"pitch-instrument or one of the columns {', '.join(store.tracks.columns)}")
+    values = store.tracks[task].astype(str).str.strip().to_numpy()
+    return idx[values[idx] != ""]
+
+
+def task_data(store: Store, task: str, label_fraction: float, seed: int, val_fraction: float) -> TaskData:
+    """Splits (validation carved before subsetting) and, for classification, the class list over all labelled
+    recordings of both splits, so that codes mean the same in every split and every label fraction."""
+    if is_frame_task(task) and not store.has_labels:
+        raise JTMError(f"{store.path}: task {task!r} needs note labels, but this store has none")
+    train, test = labelled_tracks(store, task, "train"), labelled_tracks(store, task, "test")
+    if len(train) == 0:
+        raise JTMError(f"{store.path}: no labelled training recordings for task {task!r}")
+    splits = labelled_splits(train, test, label_fraction, seed, val_fraction)
+    if is_frame_task(task):
+        return TaskData(splits)
+    everything = np.union1d(train, test)
+    codes, names = store.categories(task, everything)
+    class_of_track = np.full(len(store), -1, dtype=np.int64)
+    class_of_track[everything] = codes
+    return TaskData(splits, names, class_of_track)
+
+
+def frame_roll(store: Store, track: int, task: str, n_frames: int | None = None) -> np.ndarray:
+    """Whole-track label roll of a frame task from sample 0: bool (F, 128) or (F, 11 * 128)."""
+    n = int(store.lengths[track]) // HOP if n_frames is None else n_frames
+    notes = store.notes(track)
+    if task == "transcription":
+        return track_piano_roll(notes, n)
+    return track_pitch_instrument_roll(notes, n).reshape(n, -1)
+
+
+def positive_weight(store: Store, tracks: np.ndarray, task: str, max_weight: float) -> float:
+    """``clip(n_neg / n_pos, 1, max_weight)`` over the label cells of ``tracks``."""
+    pos = total = 0
+    for t in tracks:
+        roll = frame_roll(store, int(t), task)
+        pos += int(roll.sum())
+        total += roll.size
+    return pos_weight_from_counts(pos, total, max_weight)
+
+
+def class_weight_vector(store: Store, tracks: np.ndarray, class_of_track: np.ndarray, n_classes: int,
+                        window: int) -> list[float]:
+    """Inverse-frequency weights over the training windows: ``n / (n_present * count_c)``; 1 for absent classes."""
+    windows = np.maximum(store.lengths[tracks] // window, 1)
+    counts = np.bincount(class_of_track[tracks], weights=windows, minlength=n_classes)
+    present = counts > 0
+    weights = np.ones(n_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return [float(w) for w in weights]
+
+
+class DownstreamData(pl.LightningDataModule):
+    """Windows of the label subset for training; windows of the validation recordings for the logged loss."""
+
+    def __init__(self, cfg: DownstreamConfig, store: Store, data: TaskData) -> None:
+        super().__init__()
+        self.cfg, self.store, self.data = cfg, store, data
+
+    def _windows(self, tracks: np.ndarray, train: bool, drop_last: bool) -> WindowBatches:
+        cfg = self.cfg
+        budget = None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 1024**3)
+        labels = cfg.task if is_frame_task(cfg.task) else None  # class codes come from TaskData, see the module
+        return WindowBatches(
+            self.store, tracks, window=cfg.window, batch_size=cfg.batch_size,
+            sampling=cfg.sampling if train else "sequential", max_memory_bytes=budget,
+            seed=cfg.seed if train else cfg.seed + 10_000, random_offset=train, drop_last=drop_last, labels=labels,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        windows = self._windows(self.data.splits.train, train=True, drop_last=True)
+        if len(windows) == 0:
+            # A small label subset may hold fewer windows than one batch: train on the partial batch.
+            windows = self._windows(self.data.splits.train, train=True, drop_last=False)
+        if len(windows) == 0:
+            raise JTMError(
+                f"{self.cfg.data}: the {len(self.data.splits.train)} training recording(s) of this label fraction "
+                f"are all shorter than one window of {self.cfg.window} samples; use a smaller --window"
+            )
+        return DataLoader(windows, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if len(self.data.splits.val) == 0:
+            return []
+        windows = self._windows(self.data.splits.val, train=False, drop_last=False)
+        return DataLoader(windows, batch_size=None, num_workers=0) if len(windows) else []
+
+
+# ------------------------------------------------------------------------------------------- module
+
+
+class DownstreamModule(pl.LightningModule):
+    """Binds a :class:`DownstreamModel` to its loss and optimiser."""
+
+    def __init__(self, model: DownstreamModel, *, lr: float, frontend_lr: float, weight_decay: float,
+                 beta1: float, beta2: float, eps: float, pos_weight: float | None,
+                 class_weights: list[float] | None, class_of_track: np.ndarray | None) -> None:
+        super().__init__()
+        # Plain numbers only in the hyperparameters, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["model", "class_of_track"])
+        self.model = model
+        self.frame_task = model.is_frame_task
+        self.register_buffer("pos_weight_t", torch.tensor(float(pos_weight if pos_weight is not None else 1.0)),
+                             persistent=False)
+        self.register_buffer("class_weights_t", None if class_weights is None else torch.tensor(class_weights),
+                             persistent=False)
+        self.register_buffer("class_of_track", None if class_of_track is None else torch.from_numpy(class_of_track),
+                             persistent=False)
+
+    def _loss(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self.model(batch["audio"])
+        batch_size = batch["audio"].shape[0]
+        if self.frame_task:
+            target = batch["frames"].to(logits.dtype)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight_t)
+            self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
+                     batch_size=batch_size)
+            return loss
+        target = self.class_of_track[batch["track"].long()]
+        loss = torch.nn.functional.cross_entropy(logits.float(), target, weight=self.class_weights_t)
+        acc = (logits.argmax(-1) == target).float().mean()
+        self.log_dict({f"{stage}/loss": loss, f"{stage}/acc": acc}, on_step=stage == "train", on_epoch=True,
+                      prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._loss(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._loss(batch, "val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        groups = [{"params": list(self.model.probe.parameters()), "lr": hp.lr}]
+        frontend = [p for p in self.model.frontend.parameters() if p.requires_grad]
+        if frontend and not self.model.frozen:
+            groups.append({"params": frontend, "lr": hp.frontend_lr})
+        return torch.optim.Adam(groups, betas=(hp.beta1, hp.beta2), eps=hp.eps, weight_decay=hp.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Dropout (MLP probe, context network) draws from the global RNG; keep it so a resume continues it.
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def resolve_architecture(cfg: DownstreamConfig) -> DownstreamConfig:
+    """Fill ``cfg.model`` for ``random``/``supervised`` from ``architecture`` (a run, encoder or file)."""
+    if cfg.frontend_kind in ("random", "supervised") and cfg.model is None:
+        if cfg.architecture:
+            cfg = dataclasses.replace(cfg, model=load_frontend_source(cfg.architecture).config)
+        else:
+            cfg = dataclasses.replace(cfg, model=CPCConfig())
+    return cfg
+
+
+def build_model(cfg: DownstreamConfig, classes: list[str] | None) -> DownstreamModel:
+    """The untrained downstream model (pretrained weights loaded for a pretrained front end)."""
+    kind = cfg.frontend_kind
+    if kind == "logmel":
+        frontend: CPCEncoder | LogMel = LogMel()
+    elif kind == "pretrained":
+        frontend = load_frontend_source(cfg.encoder)
+    else:
+        assert cfg.model is not None
+        frontend = CPCEncoder(cfg.model)  # random initialisation, seeded by seed_everything
+    frozen = kind in ("pretrained", "random") and not cfg.finetune
+    return DownstreamModel.build(cfg.task, frontend, features=cfg.features, probe=cfg.probe, classes=classes,
+                                 frozen=frozen, hidden=cfg.hidden, dropout=cfg.probe_dropout)
+
+
+def _check_run_folder(cfg: DownstreamConfig) -> dict[str, Any] | None:
+    """The previous run.json, after refusing to resume a run folder trained with another configuration."""
+    path = Path(cfg.out) / "run.json"
+    if not path.exists():
+        return None
+    old, new = load_json(path), cfg.to_dict()
+    changed = sorted(k for k in set(old) | set(new)
+                     if k not in DownstreamConfig.RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if changed:
+        raise JTMError(
+            f"{path}: this run folder was trained with a different configuration ({', '.join(changed)} differ); "
+            "use a new --out, or delete the folder to start over"
+        )
+    return old
+
+
+def is_finished(out: str | Path) -> bool:
+    """A downstream run whose model has been saved (training and threshold tuning done)."""
+    return (Path(out) / "model" / "config.json").is_file()
+
+
+def tune_frame_threshold(model: DownstreamModel, store: Store, tracks: np.ndarray, cfg: DownstreamConfig) -> float:
+    """The frame threshold maximising pooled frame F1 on whole ``tracks`` (validation recordings).
+
+    For pitch-instrument the threshold applies to the pitch projection (max over instruments), the roll on
+    which frame and note P/R/F1 are reported.
+    """
+    truths, probs = [], []
+    limit = None if cfg.tune_max_seconds is None else int(cfg.tune_max_seconds * store.sample_rate)
+    for t in tracks:
+        audio = store.audio(int(t))[:limit]
+        prob = model.predict_frames(audio, cfg.window, cfg.context_frames, cfg.batch_size)
+        truth = frame_roll(store, int(t), cfg.task, len(prob))
+        if cfg.task == "pitch-instrument":
+            prob = prob.reshape(len(prob), N_INSTRUMENTS, -1).max(axis=1)
+            truth = truth.reshape(len(truth), N_INSTRUMENTS, -1).any(axis=1)
+        truths.append(truth)
+        probs.append(prob)
+    truth, prob = np.concatenate(truths), np.concatenate(probs)
+    return tune_threshold(truth, prob) if truth.any() else 0.5
+
+
+def _quiet_lightning() -> None:
+    # The study trains dozens of small models; Lightning's per-run banners would drown its progress lines.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# Warnings Lightning raises on every run that say nothing about this one: TensorBoard and CSV share RUN/logs on
+# purpose, and the window datasets know their length exactly (they are never split across loader workers).
+_EXPECTED_WARNINGS = (".*Experiment logs directory.*", ".*IterableDataset.*has `__len__` defined.*",
+                      ".*LeafSpec.*", ".*does not have many workers.*")
+
+
+def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
+    """Train (or resume, or skip when finished) a downstream run; save ``RUN/model``. Returns a summary."""
+    cfg.validate()
+    cfg = resolve_architecture(cfg)
+    out = Path(cfg.out)
+    previous = _check_run_folder(cfg)
+    if previous is not None and previous.get("epochs") == cfg.epochs and is_finished(out):
+        model_cfg = read_downstream_config(out / "model")
+        return {"out": str(out), "skipped": True, "threshold": model_cfg.get("threshold")}
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if not cfg.progress:
+        _quiet_lightning()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    store = Store.open(cfg.data)
+    data = task_data(store, cfg.task, cfg.label_fraction, cfg.seed, cfg.val_fraction)
+    model = build_model(cfg, data.classes)
+
+    pos_weight = None
+    class_weights = None
+    if model.is_frame_task:
+        pos_weight = cfg.pos_weight if cfg.pos_weight is not None else positive_weight(
+            store, data.splits.train, cfg.task, cfg.max_pos_weight)
+    elif cfg.class_weights:
+        assert data.class_of_track is not None and data.classes is not None
+        class_weights = class_weight_vector(store, data.splits.train, data.class_of_track, len(data.classes),
+                                            cfg.window)
+    frontend_lr = cfg.frontend_lr if cfg.frontend_lr is not None else (cfg.lr * 0.1 if cfg.finetune else cfg.lr)
+    module = DownstreamModule(model, lr=cfg.lr, frontend_lr=frontend_lr, weight_decay=cfg.weight_decay,
+                              beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps, pos_weight=pos_weight,
+                              class_weights=class_weights, class_of_track=data.class_of_track)
+    ckpt_dir = out / "checkpoints"
+    trainer = pl.Trainer(
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+        precision=cfg.precision,
+        callbacks=[SetEpoch(), ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}",
+                                               auto_insert_metric_name=False, every_n_epochs=1, save_top_k=1,
+                                               save_last=True)],
+        logger=[TensorBoardLogger(out, name="logs", version=""), CSVLogger(out, name="logs", version="")],
+        plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.log_every_n_steps, num_sanity_val_steps=0,
+        enable_progress_bar=cfg.progress, enable_model_summary=cfg.progress,
+        limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_val_batches,
+        use_distributed_sampler=False,
+    )
+    if trainer.is_global_zero:
+        write_json_atomic(out / "run.json", cfg.to_dict())
+        ids = store.tracks["id"].astype(str).to_numpy()
+        write_json_atomic(out / "splits.json", {k: ids[getattr(data.splits, k)].tolist()
+                                                for k in ("train", "train_pool", "val", "test")})
+    resume = find_resume_checkpoint(ckpt_dir)
+    if resume is not None and trainer.is_global_zero:
+        print(f"resuming from {resume}")
+    with warnings.catch_warnings():
+        for message in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        trainer.fit(module, datamodule=DownstreamData(cfg, store, data), ckpt_path=resume, weights_only=True)
+
+    threshold = None
+    if trainer.is_global_zero:
+        model = module.model.cpu().eval()
+        if model.is_frame_task:
+            # Tune on validation recordings; with no hold-out (a single training recording) fall back to the
+            # training subset, which flatters the threshold but keeps the run usable.
+            tune_tracks = data.splits.val if len(data.splits.val) else data.splits.train
+            threshold = tune_frame_threshold(model, store, tune_tracks, cfg)
+            model.threshold = threshold
+        model.save_pretrained(out / "model")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
+    return {"out": str(out), "skipped": False, "threshold": threshold, "pos_weight": pos_weight,
+            "n_train_tracks": int(len(data.splits.train)), "n_val_tracks": int(len(data.splits.val)), **metrics}
