@@ -5,7 +5,8 @@ Outputs of a run folder ``RUN`` (see docs/ARCHITECTURE.md, "Downstream runs"):
     RUN/run.json            the configuration (a re-run with the same ``--out`` must match it)
     RUN/splits.json         the store track ids of train (the label subset), train_pool, val and test
     RUN/checkpoints/*.ckpt  resume checkpoints (last epoch and ``last.ckpt``)
-    RUN/logs/               TensorBoard events and ``metrics.csv`` (train/loss, val/loss, val/acc)
+    RUN/logs/tensorboard/   TensorBoard events (train/loss, val/loss, and train/acc, val/acc for classification)
+    RUN/logs/csv/version_N/ the same as CSV, one version per start (``jtm.training.logs.read_metrics``)
     RUN/model/              the trained model (``DownstreamModel.save_pretrained``), with the frame threshold
                             tuned on the validation recordings for frame tasks
 
@@ -350,8 +351,11 @@ def build_model(cfg: DownstreamConfig, classes: list[str] | None) -> DownstreamM
         assert cfg.model is not None
         frontend = CPCEncoder(cfg.model)  # random initialisation, seeded by seed_everything
     frozen = kind in ("pretrained", "random") and not cfg.finetune
-    return DownstreamModel.build(cfg.task, frontend, features=cfg.features, probe=cfg.probe, classes=classes,
-                                 frozen=frozen, hidden=cfg.hidden, dropout=cfg.probe_dropout)
+    model = DownstreamModel.build(cfg.task, frontend, features=cfg.features, probe=cfg.probe, classes=classes,
+                                  frozen=frozen, hidden=cfg.hidden, dropout=cfg.probe_dropout)
+    # Lightning keeps each module's mode as it finds it: a loaded encoder arrives in eval mode and must train
+    # when fine-tuned, a fresh one arrives in train mode and must not when frozen. train() sorts out both.
+    return model.train()
 
 
 def _check_run_folder(cfg: DownstreamConfig) -> dict[str, Any] | None:
@@ -402,10 +406,13 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-# Warnings Lightning raises on every run that say nothing about this one: TensorBoard and CSV share RUN/logs on
-# purpose, and the window datasets know their length exactly (they are never split across loader workers).
-_EXPECTED_WARNINGS = (".*Experiment logs directory.*", ".*IterableDataset.*has `__len__` defined.*",
-                      ".*LeafSpec.*", ".*does not have many workers.*")
+# Warnings Lightning raises on every run that say nothing about this one: the window datasets know their length
+# exactly (they are never split across loader workers), and the loaders run in the main process on purpose.
+# A frozen front end is in eval mode on purpose (DownstreamModel.train keeps it there), and tiny smoke runs
+# have fewer batches than the logging interval.
+_EXPECTED_WARNINGS = (".*IterableDataset.*has `__len__` defined.*", ".*LeafSpec.*", ".*does not have many workers.*",
+                      ".*module\\(s\\) in eval mode at the start of training.*",
+                      ".*smaller than the logging interval.*")
 
 
 def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
@@ -445,7 +452,9 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         callbacks=[SetEpoch(), ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}",
                                                auto_insert_metric_name=False, every_n_epochs=1, save_top_k=1,
                                                save_last=True)],
-        logger=[TensorBoardLogger(out, name="logs", version=""), CSVLogger(out, name="logs", version="")],
+        # A new CSV version per start: Lightning's CSV logger would delete an existing metrics.csv on resume
+        # (read the stitched history with jtm.training.logs.read_metrics).
+        logger=[TensorBoardLogger(out / "logs", name="tensorboard", version=""), CSVLogger(out / "logs", name="csv")],
         plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.log_every_n_steps, num_sanity_val_steps=0,
         enable_progress_bar=cfg.progress, enable_model_summary=cfg.progress,
         limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_val_batches,

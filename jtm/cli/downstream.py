@@ -1,0 +1,149 @@
+"""``jtm downstream``, ``jtm evaluate`` and ``jtm study``: probes on frozen or fine-tuned features, their
+evaluation on whole test recordings, and the label-efficiency study."""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from jtm.cli.app import app
+
+
+class Probe(str, Enum):
+    linear = "linear"
+    mlp = "mlp"
+
+
+class Features(str, Enum):
+    context = "context"
+    encoder = "encoder"
+
+
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+    train = "train"
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
+@app.command("downstream")
+def downstream(
+    data: Path = typer.Option(..., help="A prepared store (jtm data prepare)."),
+    task: str = typer.Option("transcription", help="transcription (128 pitches per 10 ms frame), pitch-instrument "
+                             "(11 instruments x 128 pitches), or a metadata column to classify (ensemble, composer, ...)."),
+    encoder: str = typer.Option(..., help="A pretraining RUN, its encoder/ folder or an encoder file; or random "
+                                "(same architecture, random, frozen), logmel (log-mel baseline), supervised (from scratch)."),
+    out: Path = typer.Option(..., help="Run folder; re-running with the same folder resumes, or skips if finished."),
+    probe: Probe = typer.Option(Probe.linear, help="linear, or mlp (one hidden layer)."),
+    finetune: bool = typer.Option(False, help="Train the pretrained encoder together with the probe."),
+    features: Features = typer.Option(Features.context, help="CPC layer the probe reads: context (c) or encoder (z)."),
+    label_fraction: float = typer.Option(1.0, help="Fraction of the labelled training recordings to train on "
+                                         "(seeded, nested across fractions; validation and test never subsampled)."),
+    architecture: Optional[Path] = typer.Option(None, help="For random/supervised: copy this run's CPC architecture "
+                                                "(default: jtm pretrain's defaults)."),
+    epochs: int = typer.Option(10, help="Training epochs."),
+    batch_size: int = typer.Option(8, help="Windows per batch."),
+    window: int = typer.Option(20480, help="Window length in samples at 16 kHz (a multiple of 160)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate of the probe."),
+    frontend_lr: Optional[float] = typer.Option(None, help="Learning rate of a trained front end (default: lr/10 "
+                                                "when fine-tuning, lr from scratch)."),
+    hidden: int = typer.Option(512, help="Hidden units of the MLP probe."),
+    seed: int = typer.Option(0, help="Seed of the label subset, the validation hold-out, initialisation and order."),
+    val_fraction: float = typer.Option(0.1, help="Training recordings held out for validation and the threshold."),
+    class_weights: bool = typer.Option(False, help="Weight the cross-entropy by inverse class frequency."),
+    pos_weight: Optional[float] = typer.Option(None, help="BCE positive weight for frame tasks (default: from the "
+                                               "training labels, clipped negatives/positives)."),
+    max_memory_gb: Optional[float] = typer.Option(None, help="Budget of audio held in memory (GB)."),
+    limit_train_batches: Optional[int] = typer.Option(None, help="Cap training batches per epoch (smoke runs)."),
+    limit_val_batches: Optional[int] = typer.Option(None, help="Cap validation batches per epoch."),
+    precision: str = typer.Option("32-true", help="Lightning precision: 32-true or bf16-mixed."),
+    accelerator: str = typer.Option("cpu", help="Lightning accelerator (cpu, gpu, auto)."),
+    devices: str = typer.Option("1", help="Devices (a number, or 'auto')."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a linear or MLP probe (or fine-tune) on a task; save RUN/model with a validation-tuned threshold."""
+    from jtm.training.downstream import DownstreamConfig, run_downstream
+
+    cfg = DownstreamConfig(
+        data=str(data), out=str(out), task=task, encoder=str(encoder), probe=probe.value, finetune=finetune,
+        features=features.value, label_fraction=label_fraction,
+        architecture=None if architecture is None else str(architecture), epochs=epochs, batch_size=batch_size,
+        window=window, lr=lr, frontend_lr=frontend_lr, hidden=hidden, seed=seed, val_fraction=val_fraction,
+        class_weights=class_weights, pos_weight=pos_weight, max_memory_gb=max_memory_gb,
+        limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches, precision=precision,
+        accelerator=accelerator, devices=_devices(devices), threads=threads, progress=progress,
+    )
+    summary = run_downstream(cfg)
+    if summary.get("skipped"):
+        typer.echo(f"{out}: already finished (delete {out / 'model'} to retrain); next: jtm evaluate {out}")
+    typer.echo(json.dumps({k: v for k, v in summary.items() if not k.endswith("_step")}, default=str))
+
+
+@app.command("evaluate")
+def evaluate(
+    run: Path = typer.Argument(..., help="A finished downstream run folder."),
+    split: Split = typer.Option(Split.test, help="Recordings to score: test, val (the hold-out) or train (the subset)."),
+    data: Optional[Path] = typer.Option(None, help="Use this store instead of the one in run.json."),
+    context_frames: Optional[int] = typer.Option(None, help="Frames of context on each side of a prediction chunk "
+                                                 "(default: window/8; 0: non-overlapping chunks)."),
+    batch_size: Optional[int] = typer.Option(None, help="Chunks per forward pass (default: the run's batch size)."),
+    max_seconds: Optional[float] = typer.Option(None, help="Score only the first N seconds of each recording."),
+    progress: bool = typer.Option(True, help="Print a line per recording."),
+) -> None:
+    """Score a downstream run on whole recordings; write RUN/metrics.json and print a table."""
+    from jtm.pipelines.evaluate import evaluate_run, format_metrics
+
+    metrics = evaluate_run(run, split.value, data=data, context_frames=context_frames, batch_size=batch_size,
+                           max_seconds=max_seconds, progress=progress)
+    typer.echo(format_metrics(metrics))
+    typer.echo(f"written: {run / 'metrics.json'}")
+
+
+@app.command("study")
+def study(
+    data: Path = typer.Option(..., help="A prepared store with labels."),
+    out: Path = typer.Option(..., help="Study folder; a re-run skips finished cells."),
+    pretrained: Optional[Path] = typer.Option(None, help="The CPC pretraining RUN (or encoder/) to probe."),
+    task: Optional[str] = typer.Option(None, help="One task (shorthand for --tasks)."),
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks, e.g. transcription,ensemble "
+                                        "(default: transcription)."),
+    fractions: str = typer.Option("0.01,0.1,1.0", help="Comma-separated label fractions."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated subset of: random-linear, logmel-linear, "
+                                          "logmel-mlp, cpc-linear, cpc-mlp, cpc-finetune, supervised (default: all)."),
+    epochs: int = typer.Option(10, help="Training epochs per cell."),
+    finetune_epochs: Optional[int] = typer.Option(None, help="Epochs for cpc-finetune and supervised (default: --epochs)."),
+    batch_size: int = typer.Option(8, help="Windows per batch."),
+    window: int = typer.Option(20480, help="Window length in samples at 16 kHz."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate of the probes."),
+    seed: int = typer.Option(0, help="Seed of subsets, hold-out and initialisation."),
+    val_fraction: float = typer.Option(0.1, help="Training recordings held out for validation."),
+    limit_train_batches: Optional[int] = typer.Option(None, help="Cap training batches per epoch of every cell."),
+    limit_val_batches: Optional[int] = typer.Option(None, help="Cap validation batches per epoch of every cell."),
+    max_eval_seconds: Optional[float] = typer.Option(None, help="Score only the first N seconds of each test recording."),
+    tune_max_seconds: Optional[float] = typer.Option(None, help="Tune thresholds on at most N s per validation recording."),
+    class_weights: bool = typer.Option(False, help="Inverse-frequency class weights for classification."),
+    max_memory_gb: Optional[float] = typer.Option(None, help="Budget of audio held in memory (GB)."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
+    progress: bool = typer.Option(False, help="Show each run's progress bar (a line per cell is always printed)."),
+) -> None:
+    """Label efficiency: every task x fraction x method as a downstream run, evaluated; results.csv/json + plots."""
+    from jtm.pipelines.study import parse_list, run_study
+
+    chosen = parse_list(tasks) or ([task] if task else ["transcription"])
+    df = run_study(
+        data, out, pretrained=pretrained, tasks=chosen, fractions=parse_list(fractions, float),
+        methods=parse_list(methods) or None, epochs=epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
+        window=window, lr=lr, seed=seed, val_fraction=val_fraction, limit_train_batches=limit_train_batches,
+        limit_val_batches=limit_val_batches, max_eval_seconds=max_eval_seconds, tune_max_seconds=tune_max_seconds,
+        class_weights=class_weights, max_memory_gb=max_memory_gb, threads=threads, progress=progress,
+        log=typer.echo,
+    )
+    shown = df[["task", "method", "fraction", "headline_metric", "headline"]]
+    typer.echo(shown.to_string(index=False))
