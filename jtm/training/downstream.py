@@ -418,7 +418,8 @@ _EXPECTED_WARNINGS = (".*IterableDataset.*has `__len__` defined.*", ".*LeafSpec.
 def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
     """Train (or resume, or skip when finished) a downstream run; save ``RUN/model``. Returns a summary."""
     cfg.validate()
-    cfg = resolve_architecture(cfg)
+    # An absolute store path lets `jtm evaluate` find the store from any working directory.
+    cfg = resolve_architecture(dataclasses.replace(cfg, data=str(Path(cfg.data).resolve())))
     out = Path(cfg.out)
     previous = _check_run_folder(cfg)
     if previous is not None and previous.get("epochs") == cfg.epochs and is_finished(out):
