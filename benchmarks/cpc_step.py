@@ -1,0 +1,137 @@
+"""Time one full CPC training step (forward, loss, backward, Adam) on CPU; one JSON line per configuration.
+
+    .venv/bin/python benchmarks/cpc_step.py                 # every configuration, each in a fresh subprocess
+    .venv/bin/python benchmarks/cpc_step.py --config default --steps 10
+
+Each configuration runs in its own process so that peak RSS (ru_maxrss) is that configuration's alone.
+Reported: ms/step (median/min/max after warm-up), windows/s, peak RSS, FLOPs per step (FlopCounterMode),
+the fp32 (and bf16) matmul rate measured in the same process, the achieved fraction of it (MFU), and the
+same step with the naive reference loss (ratio naive / efficient).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from jtm.models.config import CPCConfig
+from jtm.models.cpc import CPCEncoder, CPCLoss, sample_negatives
+from jtm.models.cpc_reference import naive_cpc_loss
+
+CONFIGS = {
+    # the reference default: SincNet encoder, 512 hidden, causal transformer context
+    "default": dict(encoder="sinc", encoder_dim=512, context="transformer", context_dim=512),
+    # CPC_audio-like small model: conv encoder, GRU context, 256 hidden
+    "conv-gru-256": dict(encoder="conv", encoder_dim=256, context="gru", context_dim=256),
+    # for unit tests only
+    "tiny": dict(encoder="conv", encoder_dim=16, context="gru", context_dim=16, predict_steps=3, negatives=8),
+}
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 10) -> float:
+    """Best of 3 trials: the machine's fp32 (or bf16) GEMM rate, the denominator of MFU."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * repeats / best / 1e9
+
+
+def _step_fn(model: CPCEncoder, criterion: CPCLoss, optimizer, wave, negative_idx, naive: bool):
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        z, c = model(wave)
+        if naive:
+            out = naive_cpc_loss(criterion.weight, criterion.bias, c, z, negative_idx, criterion.config.reverse)
+        else:
+            out = criterion(c, z, negative_idx)
+        out.loss.backward()
+        optimizer.step()
+        return out
+    return step
+
+
+def _time(step, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def run(config_name: str, steps: int = 10, warmup: int = 2, batch: int = 8, window: int = 20480,
+        naive: bool = True, naive_steps: int = 3, seed: int = 0) -> dict:
+    """Benchmark one configuration in this process and return the result as a dict."""
+    torch.manual_seed(seed)
+    config = CPCConfig(**CONFIGS[config_name])
+    model, criterion = CPCEncoder(config), CPCLoss(config)
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(criterion.parameters()), lr=2e-4)
+    wave = torch.randn(batch, window)
+    frames = window // 160
+    negative_idx = sample_negatives(batch, frames, frames - config.predict_steps, config.negatives)
+    step = _step_fn(model, criterion, optimizer, wave, negative_idx, naive=False)
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    peak = matmul_gflops(torch.float32)
+    times = _time(step, steps, warmup)
+    peak = max(peak, matmul_gflops(torch.float32))
+    median = statistics.median(times)
+    result = {
+        "config": config_name, **CONFIGS[config_name], "batch": batch, "window": window,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "ms_step_median": round(median, 1), "ms_step_min": round(min(times), 1), "ms_step_max": round(max(times), 1),
+        "windows_per_s": round(batch / (median / 1000), 2),
+        "gflop_per_step": round(flops / 1e9, 2),
+        "achieved_gflops": round(flops / 1e9 / (median / 1000), 1),
+        "matmul_fp32_gflops": round(peak, 1),
+        "matmul_bf16_gflops": round(matmul_gflops(torch.bfloat16, repeats=3), 1),
+        "mfu": round(flops / 1e9 / (median / 1000) / peak, 3),
+    }
+    # peak RSS of the efficient step, read before the naive step (which needs GBs) can raise it
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if naive:
+        naive_times = _time(_step_fn(model, criterion, optimizer, wave, negative_idx, naive=True), naive_steps, 1)
+        result["naive_ms_step_median"] = round(statistics.median(naive_times), 1)
+        result["naive_over_efficient"] = round(statistics.median(naive_times) / median, 2)
+        result["naive_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["load_average_1min"] = round(os.getloadavg()[0], 2)  # other processes competing for the cores
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), help="run one configuration in this process")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-naive", action="store_true")
+    args = parser.parse_args(argv)
+    if args.config:
+        print(json.dumps(run(args.config, args.steps, args.warmup, naive=not args.no_naive)), flush=True)
+        return
+    for name in ("default", "conv-gru-256"):
+        cmd = [sys.executable, __file__, "--config", name, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        if args.no_naive:
+            cmd.append("--no-naive")
+        subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()
