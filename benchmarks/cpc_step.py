@@ -76,7 +76,7 @@ def _time(step, steps: int, warmup: int) -> list[float]:
 
 
 def run(config_name: str, steps: int = 10, warmup: int = 2, batch: int = 8, window: int = 20480,
-        naive: bool = True, naive_steps: int = 3, seed: int = 0) -> dict:
+        naive: bool = True, naive_steps: int = 3, seed: int = 0, matmul_size: int = 2048) -> dict:
     """Benchmark one configuration in this process and return the result as a dict."""
     torch.manual_seed(seed)
     config = CPCConfig(**CONFIGS[config_name])
@@ -90,9 +90,9 @@ def run(config_name: str, steps: int = 10, warmup: int = 2, batch: int = 8, wind
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
-    peak = matmul_gflops(torch.float32)
+    peak = matmul_gflops(torch.float32, matmul_size)
     times = _time(step, steps, warmup)
-    peak = max(peak, matmul_gflops(torch.float32))
+    peak = max(peak, matmul_gflops(torch.float32, matmul_size))
     median = statistics.median(times)
     result = {
         "config": config_name, **CONFIGS[config_name], "batch": batch, "window": window,
@@ -102,7 +102,7 @@ def run(config_name: str, steps: int = 10, warmup: int = 2, batch: int = 8, wind
         "gflop_per_step": round(flops / 1e9, 2),
         "achieved_gflops": round(flops / 1e9 / (median / 1000), 1),
         "matmul_fp32_gflops": round(peak, 1),
-        "matmul_bf16_gflops": round(matmul_gflops(torch.bfloat16, repeats=3), 1),
+        "matmul_bf16_gflops": round(matmul_gflops(torch.bfloat16, matmul_size, repeats=3), 1),
         "mfu": round(flops / 1e9 / (median / 1000) / peak, 3),
     }
     # peak RSS of the efficient step, read before the naive step (which needs GBs) can raise it
