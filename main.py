@@ -27,6 +27,8 @@ Mapping notes
     ``--task classification`` classifies the ``--labelsBy`` column; jtm's task names (``transcription``,
     ``pitch-instrument``, ``ensemble``, ``composer``, ...) are accepted too.
     ``--onEncoder`` reads the downstream features from the encoder instead of the context network.
+    ``--randomSeed`` defaults to 0 (the original drew a random seed), so runs are reproducible.
+    ``--load`` matters only with ``--supervised``; pretraining resumes from ``logs/pretrain`` by itself.
     Flags without a meaning in jtm (``--abspos``, ``--loadCriterion``, ``--transcriptionWindow``,
     ``--ignoreCache``, ``--log2Board``) are accepted with a one-line warning; any other unknown flag is an error
     that names it.
@@ -264,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jtm.errors import JTMError
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.load and not args.supervised:
+        print(f"warning: --load {args.load[0]} is ignored without --supervised: jtm resumes pretraining from its own "
+              f"checkpoints in {Path(args.pathCheckpoint) / 'pretrain'}", file=sys.stderr)
     try:
         if args.supervised:
             metrics = run_supervised(args)
