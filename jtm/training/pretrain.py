@@ -251,6 +251,11 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
+    if not metrics and (out / "metrics.json").exists():
+        # The checkpoint had already reached --epochs: nothing was trained, the run's results stand.
+        if trainer.is_global_zero:
+            print(f"{out}: already trained for {cfg.epochs} epochs; nothing to do")
+        return load_json(out / "metrics.json")
     if trainer.is_global_zero:
         module.encoder.save_pretrained(out / "encoder")
         write_json_atomic(out / "metrics.json", metrics)
