@@ -166,7 +166,8 @@ def resolve_store(args: argparse.Namespace) -> Path:
     from jtm.data.prepare import prepare_store
 
     store = path / ".jtm-store"
-    print(f"preparing {path} into {store} (once)")
+    # prepare_store is idempotent: an up-to-date store is only checked, a stale or partial one is rebuilt.
+    print(f"{'checking' if (store / 'store.json').is_file() else 'preparing'} {store} (from {path})")
     prepare_store(path, store, progress=not args.noProgress)
     return store
 
