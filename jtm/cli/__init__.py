@@ -12,6 +12,7 @@ from jtm.errors import JTMError
 # Importing a command module registers its commands on ``app``.
 from jtm.cli import data as _data  # noqa: E402,F401
 from jtm.cli import pretrain as _pretrain  # noqa: E402,F401
+from jtm.cli import apply as _apply  # noqa: E402,F401
 from jtm.cli import downstream as _downstream  # noqa: E402,F401
 
 

@@ -340,20 +340,43 @@ def section_label_efficiency(ctx: Context) -> str:
         raise Missing("No study (a folder with results.csv from jtm study) was given.")
     parts = []
     for study in ctx.found.studies:
-        long = _long_results(load_results(study)).dropna(subset=["value"])
         parts.append(f"<h3>{esc(ctx.name(study))}</h3>")
         figs = []
-        for task, grp in long.groupby("task", sort=True):
-            metric = primary_metric(grp["metric"].unique())
-            if metric is None:
-                continue
-            sub = grp[grp["metric"] == metric].rename(columns={"value": metric})
-            png = label_efficiency_png(sub, metric_name=metric, value_column=metric,
+        for task, metric, sub in label_efficiency_series(load_results(study)):
+            png = label_efficiency_png(sub, metric_name=metric, value_column="value",
                                        title=f"{task}: {metric} vs labelled fraction")
             figs.append(img(png, f"label efficiency of {task} ({metric})",
-                            f"{task}: {metric} against the fraction of labelled training data, per front end."))
+                            f"{task}: {metric} on the test recordings against the fraction of labelled training "
+                            "recordings, one line per method."))
         parts.append(f'<div class="grid">{"".join(figs)}</div>' if figs else note("results.csv has no values yet."))
     return "".join(parts)
+
+
+def label_efficiency_series(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(task, metric name, rows with columns method, fraction, value) for each task of a results table.
+
+    A study's table names each task's headline metric (``headline_metric`` / ``headline`` columns); other
+    tables fall back to the first of :data:`PRIMARY_METRICS` they have.
+    """
+    out = []
+    if {"headline", "headline_metric"} <= set(df.columns):
+        df = df.copy()
+        if "task" not in df.columns:
+            df["task"] = "task"
+        for task, grp in df.groupby("task", sort=False):
+            grp = grp.dropna(subset=["headline"])
+            if grp.empty:
+                continue
+            metric = str(grp["headline_metric"].iloc[0])
+            out.append((str(task), metric, grp.assign(value=grp["headline"].astype(float))[
+                ["method", "fraction", "value"]]))
+        return out
+    long = _long_results(df).dropna(subset=["value"])
+    for task, grp in long.groupby("task", sort=False):
+        metric = primary_metric(grp["metric"].unique())
+        if metric is not None:
+            out.append((str(task), metric, grp[grp["metric"] == metric][["method", "fraction", "value"]]))
+    return out
 
 
 def section_results(ctx: Context) -> str:
@@ -377,8 +400,19 @@ def section_results(ctx: Context) -> str:
     return "".join(parts)
 
 
+RESULT_COLUMNS = ("task", "method", "fraction", "headline_metric", "headline", "frame_ap", "frame_f1", "note_f1",
+                  "accuracy", "balanced_accuracy", "macro_f1", "track_accuracy", "n_train_tracks", "n_test",
+                  "train_seconds", "eval_seconds")
+"""Columns of a study's results.csv shown in the report (when present), in this order."""
+
+
 def results_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """A compact view of a results table: mean over seeds of each (task, method, fraction), wide by metric."""
+    """A compact view of a results table: a study's key columns, or for other tables the mean over seeds of
+    each (task, method, fraction), wide by metric."""
+    if "headline" in df.columns:
+        cols = [c for c in RESULT_COLUMNS if c in df.columns and (c in ("task", "method", "fraction")
+                                                                   or df[c].notna().any())]
+        return df[cols]
     try:
         long = _long_results(df)
     except ValueError:
@@ -404,19 +438,42 @@ def _find_confusions(obj: Any, path: str = "") -> list[tuple[str, list[list[int]
     """Every ``{"confusion": [[...]], "class_names": [...]}`` inside a metrics JSON, with where it was."""
     found = []
     if isinstance(obj, dict):
-        if isinstance(obj.get("confusion"), list) and isinstance(obj.get("class_names"), list):
-            found.append((path, obj["confusion"], obj["class_names"]))
+        if isinstance(obj.get("class_names"), list):
+            # evaluate_run writes the per-window matrix as "confusion" and the per-recording one (majority
+            # vote) as "track_confusion", both over the same classes.
+            for key, what in (("confusion", "windows"), ("track_confusion", "recordings")):
+                if isinstance(obj.get(key), list):
+                    found.append((f"{path}.{what}" if path else what, obj[key], obj["class_names"]))
         for k, v in obj.items():
-            if k not in ("confusion", "class_names"):
+            if k not in ("confusion", "track_confusion", "class_names"):
                 found.extend(_find_confusions(v, f"{path}.{k}" if path else str(k)))
     return found
+
+
+def representative_runs(runs: Sequence[Path]) -> list[Path]:
+    """One downstream run per arm (task, front end, probe, fine-tuning): the one with the most labels.
+
+    A study has a run per label fraction; figures of every one would repeat themselves, the largest fraction
+    shows what each arm can do.
+    """
+    best: dict[tuple, tuple[float, Path]] = {}
+    for run in runs:
+        cfg = _read_json(run / "run.json")
+        cfg = cfg if isinstance(cfg, dict) else {}
+        key = (cfg.get("task"), cfg.get("encoder"), cfg.get("probe"), cfg.get("finetune"), cfg.get("features"))
+        if key == (None,) * 5:
+            key = (str(run),)  # not a jtm downstream run.json: keep every such run
+        fraction = float(cfg.get("label_fraction") or 0.0)
+        if key not in best or fraction > best[key][0]:
+            best[key] = (fraction, run)
+    return sorted(run for _, run in best.values())
 
 
 def section_confusion(ctx: Context) -> str:
     from jtm.evaluation.plots import confusion_png
 
     figs = []
-    for run in ctx.found.downstream:
+    for run in representative_runs(ctx.found.downstream):
         metrics = _read_json(run / "metrics.json")
         for where, cm, names in _find_confusions(metrics):
             title = ctx.name(run) + (f" ({where})" if where else "")
@@ -438,7 +495,7 @@ def _frame_task(run: Path) -> str | None:
 def section_piano_roll(ctx: Context, compute: bool = True) -> str:
     from jtm.evaluation.plots import piano_roll_png
 
-    runs = [r for r in ctx.found.downstream if _frame_task(r)]
+    runs = [r for r in representative_runs(ctx.found.downstream) if _frame_task(r)]
     if not runs:
         raise Missing("No transcription or pitch-instrument downstream run was given.")
     # One figure per run with a saved excerpt; computing one is slow, so only for the first run without.
@@ -539,17 +596,37 @@ def compute_excerpt(run: Path, seconds: float = 10.0) -> tuple[np.ndarray, np.nd
     return truth, pred, store.sample_rate / HOP, caption
 
 
+CONFIG_COLUMNS = ("task", "encoder", "probe", "finetune", "features", "label_fraction", "epochs", "window",
+                  "batch_size", "lr", "seed", "threshold")
+"""Settings of downstream runs shown side by side in the configuration section."""
+
+
 def section_configuration(ctx: Context) -> str:
-    runs = ctx.found.pretrain + ctx.found.downstream + ctx.found.studies
     parts = []
-    for run in dict.fromkeys(runs):
-        for name in ("run.json", "study.json", "demo.json"):
-            cfg = _read_json(run / name)
+    for folder in dict.fromkeys([*ctx.inputs, *ctx.found.studies]):
+        for name in ("demo.json", "study.json"):
+            cfg = _read_json(Path(folder) / name)
             if cfg is not None:
-                parts.append(f"<h3>{esc(ctx.name(run))}/{esc(name)}</h3>{json_block(cfg)}")
+                parts.append(f"<h3>{esc(ctx.name(Path(folder).resolve()))}/{esc(name)}</h3>{json_block(cfg)}")
+    for run in ctx.found.pretrain:
+        cfg = _read_json(run / "run.json")
+        if cfg is not None:
+            parts.append(f"<h3>Pretraining: {esc(ctx.name(run))}/run.json</h3>{json_block(cfg)}")
+    rows, details = [], []
+    for run in ctx.found.downstream:
+        cfg = _read_json(run / "run.json")
+        if not isinstance(cfg, dict):
+            continue
         model_cfg = _read_json(run / "model" / "config.json")
-        if model_cfg is not None:
-            parts.append(f"<h3>{esc(ctx.name(run))}/model/config.json</h3>{json_block(model_cfg)}")
+        threshold = model_cfg.get("threshold") if isinstance(model_cfg, dict) else None
+        rows.append({"run": ctx.name(run), **{k: cfg.get(k) for k in CONFIG_COLUMNS if k != "threshold"},
+                     "threshold": threshold})
+        details.append(f"<details><summary>{esc(ctx.name(run))}/run.json</summary>{json_block(cfg)}</details>")
+    if rows:
+        df = pd.DataFrame(rows)
+        df = df[[c for c in df.columns if df[c].notna().any()]]
+        parts.append("<h3>Downstream runs</h3>" + table(df.astype(object).where(df.notna(), None)))
+        parts.append("".join(details))
     if not parts:
         raise Missing("No run.json was found.")
     return "".join(parts)

@@ -1,0 +1,164 @@
+"""``jtm transcribe``, ``jtm embed``, ``jtm report`` and ``jtm demo``: applying and presenting trained models."""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from jtm.cli.app import app
+
+
+class OnError(str, Enum):
+    raise_ = "raise"
+    skip = "skip"
+
+
+class Layer(str, Enum):
+    context = "context"
+    encoder = "encoder"
+
+
+class Pool(str, Enum):
+    none = "none"
+    mean = "mean"
+
+
+def _passive_openmp_threads() -> None:
+    """Let idle OpenMP worker threads sleep instead of spinning (unless the user chose otherwise).
+
+    libgomp reads ``OMP_WAIT_POLICY`` when torch is first imported, which these commands do lazily, after this
+    runs. On a shared or oversubscribed machine spinning workers steal the CPU from each other and from other
+    jobs: on the 2-core development box under load, a CPC training step took 2-5x longer with two spinning
+    threads than with one; with passive waiting two threads are never worse than one.
+    """
+    import os
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _expand_inputs(inputs: List[Path]) -> list[Path]:
+    """Files as given; folders replaced by the audio files under them (sorted). A missing path stays in the list
+    so that the pipeline reports it like any other bad input."""
+    from jtm.audio import find_audio_files
+
+    out: list[Path] = []
+    for p in inputs:
+        out.extend(find_audio_files(p) if p.is_dir() else [p])
+    if not out:
+        raise typer.BadParameter("no audio files found in the given folders", param_hint="AUDIO")
+    return out
+
+
+def _finish(outcome, verb: str) -> None:
+    """Print the batch summary and the skipped inputs; exit 1 when nothing at all was produced."""
+    from jtm.pipelines.chunked import summary_line
+
+    typer.echo(summary_line(outcome, verb))
+    for path, reason in outcome.skipped:
+        typer.echo(f"  skipped {path}: {reason}", err=True)
+    if not outcome.results:
+        typer.echo("error: every input was skipped; nothing was written", err=True)
+        # SystemExit rather than typer.Exit: jtm's main() runs click with standalone_mode=False, where click
+        # turns Exit into a return value that main() does not pass on.
+        raise SystemExit(1)
+
+
+@app.command("transcribe")
+def transcribe(
+    audio: List[Path] = typer.Argument(..., help="Audio files (wav, flac, ogg, mp3, ...; any rate, mono or "
+                                       "multichannel, any length) or folders of them."),
+    model: Path = typer.Option(..., "--model", "-m", help="A downstream RUN folder (jtm downstream) for the "
+                               "transcription or pitch-instrument task, or its model/ folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: <stem>.mid per input (+ .png, .csv)."),
+    piano_roll: bool = typer.Option(False, "--piano-roll", help="Also draw <stem>.png, the notes as a piano roll."),
+    csv: bool = typer.Option(False, "--csv", help="Also write <stem>.csv, the notes in MusicNet's label format."),
+    threshold: Optional[float] = typer.Option(None, help="Frame probability threshold (default: the one tuned on "
+                                              "validation data and saved with the model, else 0.5)."),
+    on_error: OnError = typer.Option(OnError.raise_, "--on-error", help="raise: stop at the first bad input; "
+                                     "skip: count, report and leave out bad inputs."),
+    chunk_seconds: float = typer.Option(10.0, help="Audio per model call (memory is bounded by one batch of chunks)."),
+    context_seconds: float = typer.Option(1.0, help="Extra audio the model sees on each side of a chunk."),
+    batch_size: int = typer.Option(4, help="Chunks per model call (a recurrent context runs much faster batched)."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's, all cores)."),
+) -> None:
+    """Transcribe audio to MIDI with a trained transcription model; prints the real-time factor."""
+    _passive_openmp_threads()
+    from jtm.pipelines.transcribe import transcribe_files
+
+    outcome = transcribe_files(model, _expand_inputs(audio), out, threshold=threshold, piano_roll=piano_roll,
+                               csv=csv, on_error=on_error.value, chunk_seconds=chunk_seconds,
+                               context_seconds=context_seconds, batch_size=batch_size, threads=threads,
+                               echo=typer.echo)
+    _finish(outcome, "transcribed")
+
+
+@app.command("embed")
+def embed(
+    audio: List[Path] = typer.Argument(..., help="Audio files (any format, rate, channels, length) or folders."),
+    model: Path = typer.Option(..., "--model", "-m", help="A pretraining RUN folder (jtm pretrain) or its "
+                               "encoder/ folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: <stem>.npy per input."),
+    layer: Layer = typer.Option(Layer.context, help="context: the c vectors (context network); encoder: z."),
+    pool: Pool = typer.Option(Pool.none, help="none: one row per 10 ms frame (100 per second); mean: one row "
+                              "per file."),
+    on_error: OnError = typer.Option(OnError.raise_, "--on-error", help="raise: stop at the first bad input; "
+                                     "skip: count, report and leave out bad inputs."),
+    chunk_seconds: float = typer.Option(10.0, help="Audio per model call (bounds memory)."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's, all cores)."),
+) -> None:
+    """Write CPC features of audio files as float32 .npy arrays (np.load(..., allow_pickle=False))."""
+    _passive_openmp_threads()
+    from jtm.pipelines.embed import embed_files
+
+    outcome = embed_files(model, _expand_inputs(audio), out, layer=layer.value, pool=pool.value,
+                          on_error=on_error.value, chunk_seconds=chunk_seconds, threads=threads, echo=typer.echo)
+    _finish(outcome, "embedded")
+
+
+@app.command("report")
+def report(
+    runs: List[Path] = typer.Argument(..., help="Pretraining runs, downstream runs, study folders, or a folder "
+                                      "holding them (e.g. a demo folder): searched a few levels deep."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML file to write."),
+    title: str = typer.Option("JTM report", help="The report's title."),
+) -> None:
+    """Write a single self-contained HTML report: training curves, label efficiency, results, figures."""
+    from jtm.evaluation.report import write_report
+
+    missing = [p for p in runs if not p.exists()]
+    if missing:
+        raise typer.BadParameter(f"{missing[0]}: no such folder", param_hint="RUN_OR_STUDY_DIR")
+    path = write_report(runs, out, title=title)
+    typer.echo(f"report: {path}")
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("jtm-demo"), "--out", "-o", help="Folder for everything the demo makes; "
+                             "re-running reuses finished stages."),
+    minutes: Optional[float] = typer.Option(None, help="Minutes of audio to synthesise (default: 20, quick: 1.5)."),
+    quick: bool = typer.Option(False, "--quick", help="A smoke version (about 2 minutes): little audio, a tiny "
+                               "model, one epoch."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
+    workers: Optional[int] = typer.Option(None, help="Processes for synthesis and preparation (default: all cores)."),
+) -> None:
+    """The whole method on built-in data: synthesise, prepare, pretrain CPC, label-efficiency study, report."""
+    _passive_openmp_threads()
+    from jtm.pipelines.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick() if quick else DemoConfig.full()
+    if minutes is not None:
+        if not minutes > 0:
+            raise typer.BadParameter("must be positive", param_hint="--minutes")
+        cfg.minutes = minutes
+    if threads is not None:
+        cfg.threads = threads
+    if workers is not None:
+        cfg.workers = workers
+    result = run_demo(out, cfg, echo=typer.echo)
+    sys.stdout.flush()
+    typer.echo(f"report: {result.report}")

@@ -1,0 +1,148 @@
+"""``jtm transcribe``: MIDI/CSV/PNG outputs for many formats, streamed note stitching, models, bad inputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pretty_midi
+import pytest
+import soundfile as sf
+
+from jtm.errors import DataError, JTMError, ModelFileError
+from jtm.evaluation.notes import roll_to_notes
+from jtm.pipelines.transcribe import NoteStitcher, load_transcriber, transcribe_file, transcribe_files
+from tests.apply_helpers import FORMATS, make_bad_files, make_downstream_run, make_pretrain_run, run_cli, write_tone
+
+
+@pytest.fixture(scope="module")
+def piano_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A transcription model that hears C4 (60) and G4 (67) all the time."""
+    return make_downstream_run(tmp_path_factory.mktemp("tr") / "piano", notes={1: [60, 67]}, threshold=0.4)
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pitch-instrument model that hears a piano C4 and a violin A4 all the time."""
+    return make_downstream_run(tmp_path_factory.mktemp("tr") / "pi", task="pitch-instrument",
+                               notes={1: [60], 41: [69]})
+
+
+def test_transcribe_every_format_rate_and_channel_count(piano_run: Path, tmp_path: Path) -> None:
+    files = [write_tone(tmp_path / "in" / name, 1.53, sr, ch, subtype) for name, sr, ch, subtype in FORMATS]
+    code, out, err = run_cli(["transcribe", *files, "--model", piano_run, "-o", tmp_path / "out", "--csv",
+                              "--piano-roll"])
+    assert code == 0, err
+    for path in files:
+        duration = sf.info(str(path)).duration
+        midi = pretty_midi.PrettyMIDI(str(tmp_path / "out" / f"{path.stem}.mid"))
+        assert len(midi.instruments) == 1 and midi.instruments[0].program == 0  # GM 1: piano
+        notes = sorted((n.pitch, n.start, n.end) for n in midi.instruments[0].notes)
+        assert [p for p, _, _ in notes] == [60, 67]
+        for _, start, end in notes:
+            assert start == pytest.approx(0.0, abs=0.002)
+            assert end == pytest.approx(round(duration * 16000) // 160 / 100, abs=0.002)
+        csv = pd.read_csv(tmp_path / "out" / f"{path.stem}.csv")
+        assert list(csv.columns[:4]) == ["start_time", "end_time", "instrument", "note"]
+        assert sorted(csv["note"]) == [60, 67] and set(csv["instrument"]) == {1}
+        assert (tmp_path / "out" / f"{path.stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.count("x real time") == len(files) + 1  # one line per file and the overall line
+    assert "model " in out and "threshold 0.40" in out
+
+
+def test_pitch_instrument_model_writes_one_midi_instrument_per_instrument(ensemble_run: Path, tmp_path: Path) -> None:
+    path = write_tone(tmp_path / "duo.wav", 2.0, 22_050, 2)
+    tr = load_transcriber(ensemble_run / "model")
+    result = transcribe_file(tr, path, tmp_path / "out", csv=True)
+    midi = pretty_midi.PrettyMIDI(str(result.midi))
+    programs = {inst.program: [n.pitch for n in inst.notes] for inst in midi.instruments}
+    assert programs == {0: [60], 40: [69]}  # GM 1 piano, GM 41 violin (pretty_midi programs are 0-based)
+    assert result.instruments == ["Acoustic Grand Piano", "Violin"] or len(result.instruments) == 2
+    assert set(pd.read_csv(tmp_path / "out" / "duo.csv")["instrument"]) == {1, 41}
+
+
+def test_long_input_is_chunked_into_one_note_per_pitch(piano_run: Path, tmp_path: Path) -> None:
+    path = write_tone(tmp_path / "long.flac", 31.7, 44_100, 1)
+    tr = load_transcriber(piano_run)
+    result = transcribe_file(tr, path, tmp_path, chunk_seconds=2.5, context_seconds=0.3, batch_size=3)
+    midi = pretty_midi.PrettyMIDI(str(result.midi))
+    notes = midi.instruments[0].notes
+    # The notes run through every chunk seam: stitched into one note per pitch covering all 3170 frames.
+    assert sorted(n.pitch for n in notes) == [60, 67]
+    assert all(n.end == pytest.approx(31.7, abs=0.011) for n in notes)
+    assert result.duration == pytest.approx(31.7, abs=1e-3) and result.speed > 0
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 500])
+def test_note_stitcher_equals_roll_to_notes_on_the_whole_roll(chunk: int) -> None:
+    rng = np.random.default_rng(chunk)
+    roll = np.zeros((3000, 2 * 128), dtype=np.float32)
+    for _ in range(250):
+        c, s, n = rng.integers(0, 256), rng.integers(0, 3000), rng.integers(1, 300)
+        roll[s:s + n, c] = rng.uniform(0.3, 1.0)
+    stitcher = NoteStitcher(2, threshold=0.5)
+    for i in range(0, len(roll), chunk):
+        stitcher.push(roll[i:i + chunk])
+    got = stitcher.finish()
+    for k in range(2):
+        ref = roll_to_notes(roll[:, k * 128:(k + 1) * 128], 0.5, 100.0, min_frames=2)
+        assert len(got[k]) == len(ref)
+        for a, b in zip(got[k], ref):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_note_stitcher_memory_is_bounded_for_a_stuck_note() -> None:
+    stitcher = NoteStitcher(1, threshold=0.5, max_pending_frames=500)
+    for _ in range(30):
+        stitcher.push(np.ones((100, 128), dtype=np.float32))
+        assert stitcher._pending.shape[0] <= 600
+    notes = stitcher.finish()[0]
+    assert len(notes) > 128 and notes.offset.max() == pytest.approx(30.0)
+
+
+def test_model_folder_checks(tmp_path: Path) -> None:
+    classifier = make_downstream_run(tmp_path / "cls", task="ensemble", classes=["Solo Piano", "String Quartet"])
+    with pytest.raises(JTMError, match="'ensemble'.*transcription"):
+        load_transcriber(classifier)
+    pretrain = make_pretrain_run(tmp_path / "pre")
+    with pytest.raises(ModelFileError, match="pretraining run"):
+        load_transcriber(pretrain)
+    with pytest.raises(ModelFileError, match="no such"):
+        load_transcriber(tmp_path / "missing")
+    code, _, err = run_cli(["transcribe", write_tone(tmp_path / "a.wav", 0.5, 16_000), "--model", classifier,
+                            "-o", tmp_path / "o"])
+    assert code == 1 and "transcription" in err and "Traceback" not in err
+
+
+def test_bad_inputs_name_the_file_and_skip_counts(piano_run: Path, tmp_path: Path) -> None:
+    bad = make_bad_files(tmp_path / "bad")
+    tr = load_transcriber(piano_run)
+    for kind, path in bad.items():
+        with pytest.raises(DataError) as info:
+            transcribe_file(tr, path, tmp_path / "o0")
+        assert str(path) in str(info.value), kind
+    assert not (tmp_path / "o0").exists() or not any((tmp_path / "o0").iterdir())
+
+    good = write_tone(tmp_path / "good.ogg", 1.0, 48_000, 2)
+    for kind, path in bad.items():
+        code, _, err = run_cli(["transcribe", good, path, "--model", piano_run, "-o", tmp_path / f"o_{kind}"])
+        assert code == 1 and str(path) in err and "Traceback" not in err, (kind, err)
+
+    lines: list[str] = []
+    outcome = transcribe_files(piano_run, [good, *bad.values()], tmp_path / "o1", on_error="skip",
+                               echo=lines.append)
+    assert len(outcome.results) == 1 and len(outcome.skipped) == 4
+    assert sorted(p.name for p in (tmp_path / "o1").iterdir()) == ["good.mid"]
+    code, out, _ = run_cli(["transcribe", good, *bad.values(), "--model", piano_run, "-o", tmp_path / "o2",
+                            "--on-error", "skip"])
+    assert code == 0 and "skipped 4 bad input(s)" in out
+
+
+def test_threshold_option_overrides_the_tuned_threshold(piano_run: Path, tmp_path: Path) -> None:
+    path = write_tone(tmp_path / "a.wav", 1.0, 16_000)
+    tr = load_transcriber(piano_run, threshold=0.9999)
+    assert tr.threshold == 0.9999
+    assert transcribe_file(tr, path, tmp_path).n_notes == 2  # the model is certain (sigmoid(12) = 0.999994)
+    assert transcribe_file(load_transcriber(piano_run, threshold=1.0), path, tmp_path).n_notes == 0
+    with pytest.raises(JTMError, match="threshold"):
+        load_transcriber(piano_run, threshold=1.5)
