@@ -133,11 +133,20 @@ class WindowBatches(IterableDataset):
         self.resident_bytes = 0
         self.peak_resident_bytes = 0
         self._plan: tuple[int, EpochPlan] | None = None
+        self._skip = 0
 
     # ------------------------------------------------------------------ planning
     def set_epoch(self, epoch: int) -> None:
         """Use the shuffle and window offsets of ``epoch`` (seeded by ``seed + epoch``)."""
         self.epoch = int(epoch)
+
+    def skip_batches(self, n: int) -> None:
+        """Make the next iteration start after its first ``n`` batches (resuming an epoch mid-way).
+
+        Applies once, to the batches this process serves (exact with ``num_workers=0``); audio of groups
+        that are skipped entirely is never loaded.
+        """
+        self._skip = max(0, int(n))
 
     def plan(self) -> EpochPlan:
         """This epoch's plan (identical on every rank); computed from track lengths only."""
@@ -176,7 +185,8 @@ class WindowBatches(IterableDataset):
         return [plan.batches[i] for i in idx]
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        batches = self._my_batches()
+        batches = self._my_batches()[self._skip :]
+        self._skip = 0
         needed_by_group: dict[int, list[np.ndarray]] = {}
         for b in batches:
             needed_by_group.setdefault(b.group, []).append(b.pos)

@@ -2,15 +2,56 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+from torch.utils.data import DataLoader
 
 
 class SetEpoch(pl.Callback):
-    """Tell iterable datasets which epoch starts, so shuffles and random window offsets change per epoch.
+    """Tell the window loader which epoch starts, and where in it a resumed run picks up.
 
-    Lightning only calls ``set_epoch`` on samplers; our window loaders are iterable datasets.
+    Lightning only calls ``set_epoch`` on samplers; our window loaders are iterable datasets. When a run
+    resumes from a mid-epoch checkpoint, Lightning neither calls ``on_train_epoch_start`` for that epoch nor
+    replays its finished batches: it runs only the remaining ones. So at ``on_train_start`` (after the loop
+    state is restored, before the first batch is drawn) the loader is put on the right epoch and told to skip
+    the batches already trained on; otherwise the epoch's first batches would be seen twice and its last
+    ones never.
     """
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dataset = _window_dataset(trainer)
+        if dataset is None:
+            return
+        dataset.set_epoch(trainer.current_epoch)
+        epoch_loop = trainer.fit_loop.epoch_loop
+        # `processed` counts the batches whose optimiser step is in the checkpoint (one written in
+        # on_train_batch_end has not yet marked its batch `completed`). A checkpoint written at the end of an
+        # epoch restarts at the next epoch's beginning, which on_train_epoch_start handles.
+        done = epoch_loop.batch_progress.current.processed if epoch_loop.restarting else 0
+        if 0 < done < len(dataset):
+            print(f"resuming epoch {trainer.current_epoch} after batch {done} of {len(dataset)}")
+            dataset.skip_batches(done)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dataset = getattr(trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
+        dataset = _window_dataset(trainer)
+        if dataset is not None:
             dataset.set_epoch(trainer.current_epoch)
+
+
+def _window_dataset(trainer: pl.Trainer):
+    dataset = getattr(trainer.train_dataloader, "dataset", None)
+    return dataset if hasattr(dataset, "set_epoch") and hasattr(dataset, "skip_batches") else None
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning treats as resumable: its position is restored by :class:`SetEpoch`.
+
+    The window loader is a deterministic function of (seed, epoch), so the only state worth saving is the
+    epoch, which Lightning's own loop state already holds; this class exists so that Lightning knows the
+    mid-epoch position is handled and does not warn about unreliable resumption.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(getattr(self.dataset, "epoch", 0))}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(state.get("epoch", 0))

@@ -59,13 +59,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def find_resume_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
     """The newest checkpoint in ``checkpoint_dir`` that loads, or None when there is none.
 
-    ``last.ckpt`` is preferred; a damaged one is reported and the epoch/step checkpoints are tried,
-    newest first.
+    Newest by modification time (``last.ckpt`` after an epoch, ``step.ckpt`` mid-epoch); a damaged one is
+    reported and the next newest is tried.
     """
     folder = Path(checkpoint_dir)
     if not folder.is_dir():
         return None
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime), reverse=True)
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for path in candidates:
         try:
             load_checkpoint(path)

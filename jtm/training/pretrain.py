@@ -28,7 +28,7 @@ from jtm.errors import JTMError
 from jtm.fileio import load_json, write_json_atomic
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder, CPCLoss, sample_negatives
-from jtm.training.callbacks import SetEpoch
+from jtm.training.callbacks import ResumableLoader, SetEpoch
 from jtm.training.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
 
 
@@ -192,7 +192,7 @@ class PretrainData(pl.LightningDataModule):
                 f"{self.cfg.data}: no complete training batch of {self.cfg.batch_size} windows of "
                 f"{self.cfg.window} samples; use a smaller --batch-size or --window, or more data"
             )
-        return DataLoader(windows, batch_size=None, num_workers=0)
+        return ResumableLoader(windows, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader | list:
         if len(self.val_idx) == 0:
@@ -232,8 +232,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                         every_n_epochs=1, save_top_k=-1, save_last=True),
     ]
     if cfg.checkpoint_every_n_steps:
+        # One rolling mid-epoch checkpoint; resumption takes whichever checkpoint is newest.
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step", every_n_train_steps=cfg.checkpoint_every_n_steps,
-                                         save_top_k=1, save_last=True, enable_version_counter=False))
+                                         save_top_k=1, save_last=False, enable_version_counter=False))
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=cfg.precision, callbacks=callbacks,

@@ -1,0 +1,4 @@
+"""``python -m jtm.cli``: the same as the ``jtm`` command."""
+from jtm.cli import main
+
+main()
