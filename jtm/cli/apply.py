@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from jtm.cli.app import app
+from jtm.errors import JTMError
 
 
 class OnError(str, Enum):
@@ -43,13 +44,13 @@ def _passive_openmp_threads() -> None:
 def _expand_inputs(inputs: List[Path]) -> list[Path]:
     """Files as given; folders replaced by the audio files under them (sorted). A missing path stays in the list
     so that the pipeline reports it like any other bad input."""
-    from jtm.audio import find_audio_files
+    from jtm.audio import AUDIO_EXTENSIONS, find_audio_files
 
     out: list[Path] = []
     for p in inputs:
         out.extend(find_audio_files(p) if p.is_dir() else [p])
     if not out:
-        raise typer.BadParameter("no audio files found in the given folders", param_hint="AUDIO")
+        raise JTMError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {', '.join(map(str, inputs))}")
     return out
 
 
@@ -131,7 +132,7 @@ def report(
 
     missing = [p for p in runs if not p.exists()]
     if missing:
-        raise typer.BadParameter(f"{missing[0]}: no such folder", param_hint="RUN_OR_STUDY_DIR")
+        raise JTMError(f"{missing[0]}: no such run or study folder")
     path = write_report(runs, out, title=title)
     typer.echo(f"report: {path}")
 
@@ -153,7 +154,7 @@ def demo(
     cfg = DemoConfig.quick() if quick else DemoConfig.full()
     if minutes is not None:
         if not minutes > 0:
-            raise typer.BadParameter("must be positive", param_hint="--minutes")
+            raise JTMError(f"--minutes must be positive, got {minutes}")
         cfg.minutes = minutes
     if threads is not None:
         cfg.threads = threads

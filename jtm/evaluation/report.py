@@ -20,6 +20,7 @@ import datetime as _dt
 import html
 import json
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -748,8 +749,6 @@ def render_report(inputs: Sequence[str | Path], title: str = "JTM report",
 
 
 def _common_path(paths: list[str]) -> str:
-    import os
-
     return os.path.commonpath(paths)
 
 
@@ -758,4 +757,9 @@ def write_report(inputs: Sequence[str | Path], out: str | Path, title: str = "JT
     """Render the report for ``inputs`` and write it atomically to ``out``; returns ``out``."""
     out = Path(out)
     write_text_atomic(out, render_report(inputs, title=title, log=log))
+    # Atomic writes create private (0600) temporary files; a report is meant to be shared and opened by a
+    # browser or web server, so give it the permissions a plain file would get under the user's umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out, 0o666 & ~umask)
     return out

@@ -1,0 +1,321 @@
+"""``jtm demo``: the whole method on built-in data, sized for a laptop CPU.
+
+Stages, each in its own folder under ``OUT``:
+
+1. ``corpus/``   synthesise a MusicNet-layout corpus from real scores with a GM soundfont
+                 (:func:`jtm.data.synth.build_corpus`)
+2. ``store/``    prepare it at 16 kHz (:func:`jtm.data.prepare.prepare_store`)
+3. ``pretrain/`` pretrain CPC (:func:`jtm.training.pretrain.run_pretrain`)
+4. ``study/``    the label-efficiency study (:func:`jtm.pipelines.study.run_study`): transcription and ensemble
+                 classification at several label fractions, CPC against a log-mel and a random-encoder baseline
+5. ``report.html`` the HTML report of all of it (:func:`jtm.evaluation.report.write_report`)
+
+Re-running with the same ``OUT`` reuses finished stages: every stage leaves ``OUT/stages/<name>.json`` when it
+completes, and the steps underneath are idempotent anyway (synthesis skips rendered pieces, preparation sees an
+up-to-date store, pretraining and study cells resume from checkpoints or skip finished runs), so an interrupted
+demo continues where it stopped. ``OUT/demo.json`` records the configuration; a re-run with a different one is
+refused rather than mixing results.
+
+Sizing (measured on a 2-core 2.8 GHz Xeon shared with other jobs, see ``DemoConfig.full``): about 20 minutes of
+audio, a 128-dimensional conv + GRU CPC model, a few epochs; the whole demo aims at 12-15 minutes of wall time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jtm.errors import JTMError
+from jtm.fileio import load_json, write_json_atomic
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class DemoConfig:
+    """Everything the demo does; ``full()`` is the README's demo, ``quick()`` a smoke test of every stage."""
+
+    # -- corpus
+    minutes: float = 20.0
+    """Minutes of audio to synthesise."""
+    max_seconds: float = 60.0
+    """At most this many seconds of each piece (more, shorter pieces give the study more recordings)."""
+    test_fraction: float = 0.15
+    seed: int = 0
+    # -- CPC pretraining
+    encoder_dim: int = 128
+    context_dim: int = 128
+    predict_steps: int = 12
+    negatives: int = 128
+    window: int = 20480
+    batch_size: int = 8
+    pretrain_epochs: int = 4
+    pretrain_lr: float = 5e-4
+    pretrain_limit_batches: int | None = None
+    """Cap on training batches per pretraining epoch (None: the whole corpus every epoch)."""
+    # -- label-efficiency study
+    tasks: tuple[str, ...] = ("transcription", "ensemble")
+    fractions: tuple[float, ...] = (0.1, 1.0)
+    methods: tuple[str, ...] = ("cpc-linear", "logmel-linear", "random-linear")
+    study_epochs: int = 4
+    study_lr: float = 1e-3
+    study_limit_batches: int | None = 60
+    """Cap on training batches per epoch of each study run (bounds the cost of the 100 % fraction)."""
+    max_eval_seconds: float | None = 60.0
+    """Seconds of each test recording that are evaluated (None: all)."""
+    tune_max_seconds: float | None = 30.0
+    """Seconds of each validation recording used to tune the transcription threshold (None: all)."""
+    # -- machine (not part of what is computed: may change between a run and its continuation)
+    threads: int | None = None
+    workers: int | None = None
+
+    MACHINE_KEYS = ("threads", "workers")
+
+    @classmethod
+    def full(cls) -> "DemoConfig":
+        """The README's demo: ~20 min of audio, ~12-15 min of wall time on 2 cores."""
+        return cls()
+
+    @classmethod
+    def quick(cls) -> "DemoConfig":
+        """A smoke run of every stage in about two minutes: 1.5 min of audio, a tiny model, one epoch."""
+        return cls(minutes=1.5, max_seconds=20.0, test_fraction=0.25, encoder_dim=32, context_dim=32,
+                   predict_steps=4, negatives=16, batch_size=4, pretrain_epochs=1, pretrain_lr=1e-3,
+                   pretrain_limit_batches=10, fractions=(0.5, 1.0), study_epochs=1, study_limit_batches=8,
+                   max_eval_seconds=15.0, tune_max_seconds=10.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tasks"], d["fractions"], d["methods"] = list(self.tasks), list(self.fractions), list(self.methods)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DemoConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        for key in ("tasks", "fractions", "methods"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    def content(self) -> dict[str, Any]:
+        """The settings that determine the results (everything but threads and workers)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.MACHINE_KEYS}
+
+
+@dataclass
+class DemoResult:
+    """Where the demo's outputs are and how long each stage took."""
+
+    out: Path
+    report: Path
+    results: Path
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+    table: str = ""
+
+
+STAGES = ("synthesise", "prepare", "pretrain", "study", "report")
+
+
+class _Stages:
+    """Completion markers ``OUT/stages/<name>.json`` and the stage banner / timing lines."""
+
+    def __init__(self, out: Path, echo: Echo) -> None:
+        self.dir = out / "stages"
+        self.echo = echo
+        self.seconds: dict[str, float] = {}
+        self.reused: list[str] = []
+
+    def done(self, name: str) -> bool:
+        return (self.dir / f"{name}.json").is_file()
+
+    def run(self, name: str, what: str, fn: Callable[[], Any]) -> Any:
+        k = STAGES.index(name) + 1
+        if self.done(name):
+            self.echo(f"[{k}/{len(STAGES)}] {name}: {what} -- finished earlier, reused")
+            self.seconds[name] = 0.0
+            self.reused.append(name)
+            return None
+        self.echo(f"[{k}/{len(STAGES)}] {name}: {what} ...")
+        t0 = time.perf_counter()
+        value = fn()
+        seconds = time.perf_counter() - t0
+        self.seconds[name] = seconds
+        write_json_atomic(self.dir / f"{name}.json", {"stage": name, "seconds": round(seconds, 2),
+                                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        self.echo(f"[{k}/{len(STAGES)}] {name}: done in {_fmt_seconds(seconds)}")
+        return value
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 90 else f"{int(s // 60)} min {s % 60:04.1f} s"
+
+
+def _check_out(out: Path, cfg: DemoConfig) -> None:
+    """Record the configuration in ``OUT/demo.json``; refuse to continue a demo made with another one."""
+    path = out / "demo.json"
+    if path.is_file():
+        old = load_json(path)
+        old_content = {k: v for k, v in (old.get("config") or {}).items() if k not in DemoConfig.MACHINE_KEYS}
+        new = cfg.content()
+        changed = sorted(k for k in set(old_content) | set(new) if old_content.get(k) != new.get(k))
+        if changed:
+            raise JTMError(f"{out}: this demo folder was made with a different configuration ({', '.join(changed)} "
+                           "differ); use another --out, or delete the folder to start over")
+    elif out.exists() and any(out.iterdir()):
+        raise JTMError(f"{out}: the folder exists and is not a jtm demo folder (no demo.json); choose another --out")
+    write_json_atomic(path, {"format": "jtm-demo", "version": 1, "config": cfg.to_dict()})
+
+
+# Warnings that every demo run would print and that say nothing about the user's run: Lightning's advice on
+# loggers and data loaders (the demo's loaders are single-process and short by design), a deprecation inside
+# Lightning itself, and sklearn's note that a small test set held a single class.
+_NOISE = (
+    r".*smaller than the logging interval.*",
+    r".*IterableDataset.*has `__len__` defined.*",
+    r".*LeafSpec.*is deprecated.*",
+    r".*A single label was found in 'y_true' and 'y_pred'.*",
+    r".*does not have many workers which may be a bottleneck.*",
+)
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Keep the demo's output to its own progress lines: silence Lightning's INFO banners (accelerator,
+    model summary, tips) and the known-harmless warnings in :data:`_NOISE`; progress bars stay."""
+    names = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
+    levels = {n: logging.getLogger(n).level for n in names}
+    with warnings.catch_warnings():
+        for pattern in _NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for n, level in levels.items():
+                logging.getLogger(n).setLevel(level)
+
+
+def pretrain_config(cfg: DemoConfig, store: Path, out: Path):
+    """The :class:`~jtm.training.pretrain.PretrainConfig` of the demo's CPC model."""
+    from jtm.models.config import CPCConfig
+    from jtm.training.pretrain import PretrainConfig
+
+    model = CPCConfig(encoder="conv", encoder_dim=cfg.encoder_dim, context="gru", context_dim=cfg.context_dim,
+                      predict_steps=cfg.predict_steps, negatives=cfg.negatives)
+    return PretrainConfig(data=str(store), out=str(out), model=model, window=cfg.window, batch_size=cfg.batch_size,
+                          epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, seed=cfg.seed,
+                          limit_train_batches=cfg.pretrain_limit_batches, threads=cfg.threads, progress=True,
+                          log_every_n_steps=5)
+
+
+def results_table(results_csv: Path) -> str:
+    """The study's headline metric per task as a text table: one row per method, one column per fraction."""
+    import pandas as pd
+
+    df = pd.read_csv(results_csv)
+    lines = []
+    for task, grp in df.groupby("task", sort=False):
+        metric = str(grp["headline_metric"].iloc[0]) if "headline_metric" in grp else "headline"
+        pivot = grp.pivot_table(index="method", columns="fraction", values="headline", aggfunc="mean")
+        fractions = list(pivot.columns)
+        width = max(14, *(len(str(m)) + 2 for m in pivot.index))
+        lines.append(f"{task}: {metric} on the test recordings, by fraction of labelled training recordings")
+        lines.append("  " + "method".ljust(width) + "".join(f"{'f=' + format(f, 'g'):>10}" for f in fractions))
+        for method, row in pivot.iterrows():
+            cells = "".join(f"{'n/a' if pd.isna(row[f]) else format(row[f], '.3f'):>10}" for f in fractions)
+            lines.append("  " + str(method).ljust(width) + cells)
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: Echo = print) -> DemoResult:
+    """Run (or finish) the demo in ``out``; print progress, stage timings and the results table."""
+    import torch
+
+    cfg = cfg or DemoConfig.full()
+    out = Path(out)
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out, cfg)
+    threads = cfg.threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(int(threads or 1))
+    corpus, store, pretrain, study = out / "corpus", out / "store", out / "pretrain", out / "study"
+    report = out / "report.html"
+    stages = _Stages(out, echo)
+    echo(f"jtm demo in {out}: {cfg.minutes:g} min of audio, CPC {cfg.encoder_dim}/{cfg.context_dim}-dim conv+GRU, "
+         f"{cfg.pretrain_epochs} pretraining epoch(s), study of {', '.join(cfg.tasks)} at label fractions "
+         f"{', '.join(format(f, 'g') for f in cfg.fractions)} ({torch.get_num_threads()} threads)")
+
+    def synthesise() -> None:
+        from jtm.data.synth import build_corpus
+
+        summary = build_corpus(corpus, minutes=cfg.minutes, max_seconds=cfg.max_seconds,
+                               test_fraction=cfg.test_fraction, seed=cfg.seed, workers=cfg.workers)
+        d = summary.to_dict()
+        echo(f"    {d.get('n_pieces')} pieces ({d.get('n_train')} train, {d.get('n_test')} test), "
+             f"{float(d.get('seconds', 0)) / 60:.1f} min of audio")
+
+    def prepare() -> None:
+        from jtm.data.prepare import prepare_store
+
+        prepare_store(corpus, store, workers=cfg.workers)
+
+    def pretrain_stage() -> None:
+        from jtm.training.pretrain import run_pretrain
+
+        metrics = run_pretrain(pretrain_config(cfg, store, pretrain))
+        accs = [metrics.get(f"val/acc_k{k}") for k in range(1, cfg.predict_steps + 1)]
+        shown = ", ".join("n/a" if a is None else f"{a:.2f}" for a in accs)
+        echo(f"    CPC validation accuracy for k = 1..{cfg.predict_steps}: {shown}")
+
+    def study_stage() -> None:
+        from jtm.pipelines.study import run_study
+
+        run_study(store, study, pretrained=pretrain, tasks=cfg.tasks, fractions=cfg.fractions, methods=cfg.methods,
+                  epochs=cfg.study_epochs, batch_size=cfg.batch_size, window=cfg.window, lr=cfg.study_lr,
+                  seed=cfg.seed, limit_train_batches=cfg.study_limit_batches, max_eval_seconds=cfg.max_eval_seconds,
+                  tune_max_seconds=cfg.tune_max_seconds, threads=cfg.threads, progress=False,
+                  log=lambda line: echo(f"    {line}"))
+
+    def report_stage() -> None:
+        from jtm.evaluation.report import write_report
+
+        write_report([out], report, title="JTM demo: CPC on synthesised music")
+
+    with quiet_libraries():
+        stages.run("synthesise", f"render about {cfg.minutes:g} min of scores with a GM soundfont", synthesise)
+        stages.run("prepare", "resample to 16 kHz and build the store", prepare)
+        stages.run("pretrain", f"CPC, {cfg.pretrain_epochs} epoch(s)", pretrain_stage)
+        stages.run("study", f"{len(cfg.tasks) * len(cfg.methods) * len(cfg.fractions)} downstream runs "
+                   f"({', '.join(cfg.methods)})", study_stage)
+        # The report is cheap and reflects everything above: rebuild it on every run.
+        (stages.dir / "report.json").unlink(missing_ok=True)
+        stages.run("report", "write the HTML report", report_stage)
+
+    total = time.perf_counter() - started
+    echo("")
+    echo("stage timings:")
+    for name in STAGES:
+        seconds = stages.seconds.get(name, 0.0)
+        note = " (reused)" if name in stages.reused else ""
+        echo(f"  {name:<11} {_fmt_seconds(seconds):>14}{note}")
+    echo(f"  {'total':<11} {_fmt_seconds(total):>14}")
+    results = study / "results.csv"
+    table = results_table(results) if results.is_file() else "(no study results)"
+    echo("")
+    echo(table)
+    echo("")
+    write_json_atomic(out / "stages" / "timings.json", {"stage_seconds": stages.seconds, "total_seconds": total,
+                                                        "reused": stages.reused})
+    return DemoResult(out=out, report=report, results=results, stage_seconds=stages.seconds,
+                      reused=stages.reused, table=table)

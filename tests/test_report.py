@@ -1,0 +1,170 @@
+"""``jtm report``: a well-formed, self-contained HTML page with every section, robust to missing or bad input."""
+from __future__ import annotations
+
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jtm.evaluation.report import SECTIONS, discover, render_report, write_report
+from jtm.models.config import CPCConfig
+from tests.apply_helpers import run_cli
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class StrictParser(HTMLParser):
+    """Checks that every element is closed in order; collects section ids, h2 texts, img sources, links."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.sections: list[str] = []
+        self.headings: list[str] = []
+        self.images: list[str] = []
+        self.urls: list[str] = []
+        self.tags: set[str] = set()
+        self._in_h2 = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.add(tag)
+        if tag == "section":
+            self.sections.append(a.get("id") or "")
+        if tag == "img":
+            self.images.append(a.get("src") or "")
+        for key in ("href", "src"):
+            if a.get(key):
+                self.urls.append(a[key] or "")
+        if tag == "h2":
+            self._in_h2 = True
+            self.headings.append("")
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in VOID:
+            self.stack.pop()
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
+            return
+        self.stack.pop()
+        if tag == "h2":
+            self._in_h2 = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_h2:
+            self.headings[-1] += data
+
+
+def parse(html: str) -> StrictParser:
+    p = StrictParser()
+    p.feed(html)
+    p.close()
+    assert not p.errors, p.errors[:5]
+    assert p.stack == [], p.stack
+    return p
+
+
+@pytest.fixture(scope="module")
+def demo_like(prepared_store, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (tiny) pretraining run and study on the shared test store, laid out like a demo folder."""
+    from jtm.pipelines.study import run_study
+    from jtm.training.pretrain import PretrainConfig, run_pretrain
+
+    store, _ = prepared_store
+    root = tmp_path_factory.mktemp("report") / "demo"
+    model = CPCConfig(encoder_dim=16, context_dim=16, predict_steps=3, negatives=8, norm="batch")
+    run_pretrain(PretrainConfig(data=str(store.path), out=str(root / "pretrain"), model=model, window=2560,
+                                batch_size=2, epochs=1, limit_train_batches=3, val_fraction=0.25, threads=1,
+                                progress=False, log_every_n_steps=1))
+    run_study(store.path, root / "study", pretrained=root / "pretrain", tasks=["transcription", "ensemble"],
+              fractions=[1.0], methods=["cpc-linear"], epochs=1, window=2560, batch_size=2, limit_train_batches=2,
+              limit_val_batches=1, val_fraction=0.25, threads=1, log=lambda _: None)
+    return root
+
+
+def test_report_has_every_section_with_figures_and_is_well_formed(demo_like: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r" / "report.html"
+    code, stdout, err = run_cli(["report", demo_like, "-o", out])
+    assert code == 0, err
+    assert str(out) in stdout
+    html = out.read_text(encoding="utf-8")
+    p = parse(html)
+    assert p.sections == [sid for sid, _ in SECTIONS]
+    assert [h.strip() for h in p.headings] == [title for _, title in SECTIONS]
+    # CPC curves, label efficiency x 2 tasks, confusion matrices, piano roll: all embedded PNGs.
+    pngs = [src for src in p.images if src.startswith("data:image/png;base64,")]
+    assert len(pngs) == len(p.images) >= 5
+    # Self-contained: no scripts, no external resources.
+    assert "script" not in p.tags
+    assert all(u.startswith(("data:", "#")) for u in p.urls), [u[:40] for u in p.urls]
+    for text in ("frame_ap", "accuracy", "cpc-linear", "Solo Piano" if "Solo Piano" in html else "ensemble",
+                 "torch", "lightning", "numpy", "threads", "pieces", "minutes"):
+        assert text in html, text
+    # No section fell back to an error.
+    assert 'class="error"' not in html
+
+
+def test_sections_without_input_say_so_and_nothing_crashes(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    html = render_report([tmp_path / "empty"])
+    p = parse(html)
+    assert p.sections == [sid for sid, _ in SECTIONS]
+    assert html.count('class="note"') >= 6
+    assert "environment" in p.sections and "torch" in html
+
+
+def test_broken_inputs_cost_one_section_each(demo_like: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "demo"
+    shutil.copytree(demo_like, broken, ignore=shutil.ignore_patterns("checkpoints", "*.ckpt"))
+    (broken / "study" / "results.csv").write_text("not,a\n\x00valid")
+    for excerpt in broken.rglob("excerpt.npz"):
+        excerpt.write_bytes(b"garbage")
+    for metrics in broken.rglob("metrics.json"):
+        if "ensemble" in str(metrics):
+            metrics.write_text("{not json")
+    html = render_report([broken])
+    p = parse(html)
+    assert p.sections == [sid for sid, _ in SECTIONS]
+    assert 'class="error"' in html
+    assert any(src.startswith("data:image/png;base64,") for src in p.images)  # the CPC curves survive
+
+
+def test_text_is_escaped(demo_like: Path, tmp_path: Path) -> None:
+    odd = tmp_path / "<b>run & \"co\"</b>"
+    shutil.copytree(demo_like / "pretrain", odd / "pretrain", ignore=shutil.ignore_patterns("checkpoints"))
+    html = write_report([odd], tmp_path / "x.html", title="<i>mine</i>").read_text(encoding="utf-8")
+    parse(html)
+    assert "<b>run" not in html and "&lt;b&gt;run &amp; &quot;co&quot;&lt;/b&gt;" in html
+    assert "<i>mine</i>" not in html and "&lt;i&gt;mine&lt;/i&gt;" in html
+
+
+def test_discover_finds_each_kind_and_missing_input_is_an_error(demo_like: Path, tmp_path: Path) -> None:
+    found = discover([demo_like])
+    assert [p.name for p in found.pretrain] == ["pretrain"]
+    assert [p.name for p in found.studies] == ["study"]
+    assert {p.parent.parent.name for p in found.downstream} == {"transcription", "ensemble"}
+    code, _, err = run_cli(["report", tmp_path / "missing", "-o", tmp_path / "r.html"])
+    assert code != 0 and "missing" in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_excerpt_is_computed_when_the_run_has_none(demo_like: Path, tmp_path: Path) -> None:
+    from jtm.evaluation.report import compute_excerpt, load_excerpt
+
+    run = next(p for p in discover([demo_like]).downstream if p.parent.parent.name == "transcription")
+    truth, pred, rate, caption = compute_excerpt(run, seconds=2.0)
+    assert truth.shape == pred.shape == (200, 128) and truth.dtype == bool and rate == 100.0
+    assert np.all((pred >= 0) & (pred <= 1)) and "computed" in caption
+    if (run / "excerpt.npz").is_file():
+        t2, p2, _, _ = load_excerpt(run / "excerpt.npz")
+        assert t2.shape == p2.shape
