@@ -17,23 +17,12 @@ from jtm.cli import downstream as _downstream  # noqa: E402,F401
 
 
 def main() -> None:
-    """Entry point: run the app, printing jtm's own errors as one clear line instead of a traceback."""
+    """Entry point: jtm's own errors (bad input, refused files) print as one clear line, not a traceback."""
     try:
-        app(standalone_mode=False)
+        app()
     except JTMError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except SystemExit:
-        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click's usage errors arrive here when standalone_mode is off
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise

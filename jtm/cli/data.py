@@ -29,8 +29,11 @@ def synth(
     """Render real scores (music21's corpus) with a GM soundfont into MusicNet's exact layout."""
     from jtm.data.synth import build_corpus
 
-    summary = build_corpus(out, minutes=minutes, max_seconds=max_seconds, test_fraction=test_fraction,
-                           seed=seed, soundfont=soundfont, workers=workers)
+    try:
+        summary = build_corpus(out, minutes=minutes, max_seconds=max_seconds, test_fraction=test_fraction,
+                               seed=seed, soundfont=soundfont, workers=workers)
+    except ValueError as e:  # out-of-range sizes, fractions or worker counts
+        raise typer.BadParameter(str(e)) from None
     typer.echo(json.dumps(summary.to_dict(), indent=2))
 
 

@@ -48,7 +48,7 @@ class Store:
         path = Path(path)
         info_path = path / "store.json"
         if not info_path.is_file():
-            raise DataError(path, "not a prepared store (no store.json; run `jtm prepare` to build it)")
+            raise DataError(path, "not a prepared store (no store.json; run `jtm data prepare SRC STORE` to build it)")
         info = read_store_json(path)
         if not isinstance(info, dict):
             raise DataError(info_path, "store.json is not valid JSON")

@@ -174,6 +174,9 @@ class PretrainData(pl.LightningDataModule):
         self.cfg = cfg
         self.store = Store.open(cfg.data)
         self.train_idx, self.val_idx = split_tracks(self.store, "train", cfg.val_fraction, cfg.seed)
+        # Built now, not when Lightning asks, so a bad --labels-by or budget fails before any set-up.
+        self.train_windows = self._windows(self.train_idx, train=True)
+        self.val_windows = self._windows(self.val_idx, train=False) if len(self.val_idx) else None
 
     def _windows(self, tracks: Any, train: bool) -> WindowBatches:
         cfg = self.cfg
@@ -186,7 +189,7 @@ class PretrainData(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        windows = self._windows(self.train_idx, train=True)
+        windows = self.train_windows
         if len(windows) == 0:
             raise JTMError(
                 f"{self.cfg.data}: no complete training batch of {self.cfg.batch_size} windows of "
@@ -195,10 +198,8 @@ class PretrainData(pl.LightningDataModule):
         return ResumableLoader(windows, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader | list:
-        if len(self.val_idx) == 0:
-            return []
-        windows = self._windows(self.val_idx, train=False)
-        return DataLoader(windows, batch_size=None, num_workers=0) if len(windows) else []
+        windows = self.val_windows
+        return DataLoader(windows, batch_size=None, num_workers=0) if windows is not None and len(windows) else []
 
 
 def _check_run_folder(cfg: PretrainConfig) -> None:
