@@ -146,3 +146,28 @@ def test_threshold_option_overrides_the_tuned_threshold(piano_run: Path, tmp_pat
     assert transcribe_file(load_transcriber(piano_run, threshold=1.0), path, tmp_path).n_notes == 0
     with pytest.raises(JTMError, match="threshold"):
         load_transcriber(piano_run, threshold=1.5)
+
+
+def test_default_chunking_reproduces_the_runs_evaluation(tmp_path: Path) -> None:
+    """With a run.json, transcription sees the audio exactly as ``jtm evaluate`` (predict_frames) did."""
+    from jtm.audio import load_audio
+    from jtm.pipelines.chunked import iter_frames
+    from jtm.pipelines.transcribe import model_batch_fn
+
+    run = make_downstream_run(tmp_path / "run", notes={1: [60]})
+    tr = load_transcriber(run)
+    assert tr.window == 2560
+    chunk, context, batch = tr.chunking()
+    assert (chunk, context, batch) == (0.12, 0.02, 8)  # 16-frame windows: 2 context frames each side
+    path = write_tone(tmp_path / "a.wav", 3.0, 22_050, 2, freq=330.0)
+    ours = np.concatenate([p for _, p in iter_frames(path, None, chunk, context, batch_fn=model_batch_fn(tr.model),
+                                                     batch_size=batch)])
+    audio, _ = load_audio(path)
+    theirs = tr.model.predict_frames(audio, 2560, context_frames=2, batch_size=8)
+    assert ours.shape == theirs.shape
+    # Identical but for the last chunk, which predict_frames zero-pads to a full window.
+    np.testing.assert_allclose(ours[:-12], theirs[:-12], atol=1e-5)
+    # Without a run.json (a bare model/ folder elsewhere): 10 s chunks with 1 s of context.
+    bare = tmp_path / "bare"
+    (run / "model").rename(bare)
+    assert load_transcriber(bare).chunking() == (10.0, 1.0, 1)

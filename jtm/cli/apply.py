@@ -81,9 +81,13 @@ def transcribe(
                                               "validation data and saved with the model, else 0.5)."),
     on_error: OnError = typer.Option(OnError.raise_, "--on-error", help="raise: stop at the first bad input; "
                                      "skip: count, report and leave out bad inputs."),
-    chunk_seconds: float = typer.Option(10.0, help="Audio per model call (memory is bounded by one batch of chunks)."),
-    context_seconds: float = typer.Option(1.0, help="Extra audio the model sees on each side of a chunk."),
-    batch_size: int = typer.Option(4, help="Chunks per model call (a recurrent context runs much faster batched)."),
+    chunk_seconds: Optional[float] = typer.Option(None, help="Audio kept per chunk (default: as the run's "
+                                                  "evaluation: its training window less the context; memory is "
+                                                  "bounded by one batch of chunks)."),
+    context_seconds: Optional[float] = typer.Option(None, help="Extra audio the model sees on each side of a "
+                                                    "chunk (default: as the run's evaluation)."),
+    batch_size: Optional[int] = typer.Option(None, help="Chunks per model call (default 8 with the run's "
+                                             "chunking; a recurrent context runs much faster batched)."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's, all cores)."),
 ) -> None:
     """Transcribe audio to MIDI with a trained transcription model; prints the real-time factor."""

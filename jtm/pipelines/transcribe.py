@@ -2,8 +2,9 @@
 
 A downstream model trained for ``transcription`` (128 pitches) or ``pitch-instrument`` (11 x 128 outputs,
 instrument-major) gives a probability per (frame, output) at 100 frames per second. Files of any length are read
-and processed in chunks (:mod:`jtm.pipelines.chunked`): the model sees each 10 s chunk with 1 s of audio on both
-sides, only the core frames are kept. Notes are assembled incrementally by :class:`NoteStitcher`, which reuses
+and processed in chunks (:mod:`jtm.pipelines.chunked`): by default the chunks of the run's own evaluation
+(training-length windows whose outer eighth on each side is context), else 10 s chunks with 1 s of context on
+each side; only the core frames are kept. Notes are assembled incrementally by :class:`NoteStitcher`, which reuses
 :func:`jtm.evaluation.notes.roll_to_notes` on a small rolling window of frames, so neither the audio nor the
 probabilities of a whole file are ever held in memory, and the notes equal those of ``roll_to_notes`` on the
 whole file's probabilities (with the evaluation's settings: ``min_frames=2``, no gap merging).
@@ -158,6 +159,25 @@ class Transcriber:
     source: Path
     programs: tuple[int, ...]
     """GM program of each block of 128 outputs: (1,) for transcription, INSTRUMENT_PROGRAMS for pitch-instrument."""
+    window: int | None = None
+    """Training window of the run in samples (``run.json``), when known."""
+    context_frames: int | None = None
+    """Context frames the run's evaluation gave each chunk (``jtm evaluate``), when known."""
+
+    def chunking(self) -> tuple[float, float, int]:
+        """(chunk seconds, context seconds, chunks per batch) that reproduce the run's evaluation.
+
+        ``jtm evaluate`` (``DownstreamModel.predict_frames``) cuts recordings into training-length windows
+        whose outer ``context_frames`` on each side are context and whose middle is kept, in batches of 8;
+        the model only ever saw windows that long, and its threshold was tuned that way, so transcription does
+        the same. Without a run.json: 10 s chunks with 1 s of context, one at a time.
+        """
+        if self.window is None:
+            return 10.0, 1.0, 1
+        frames = self.window // 160
+        ctx = frames // 8 if self.context_frames is None else self.context_frames
+        ctx = max(0, min(ctx, (frames - 1) // 2))
+        return (frames - 2 * ctx) / 100.0, ctx / 100.0, 8
 
     @property
     def n_instruments(self) -> int:
@@ -199,7 +219,24 @@ def load_transcriber(path: str | Path, threshold: float | None = None) -> Transc
     if not 0.0 < threshold <= 1.0:
         raise JTMError(f"--threshold must be in (0, 1], got {threshold}")
     programs = (PIANO_PROGRAM,) if task == "transcription" else tuple(INSTRUMENT_PROGRAMS)
-    return Transcriber(model=model, task=task, threshold=float(threshold), source=folder, programs=programs)
+    window, context = _run_chunking(folder.parent / "run.json")
+    return Transcriber(model=model, task=task, threshold=float(threshold), source=folder, programs=programs,
+                       window=window, context_frames=context)
+
+
+def _run_chunking(run_json: Path) -> tuple[int | None, int | None]:
+    """The training window (samples) and evaluation context (frames) recorded in a downstream run.json."""
+    if not run_json.is_file():
+        return None, None
+    try:
+        cfg = load_json(run_json)
+    except Exception:  # the model folder is what matters; a damaged run.json only loses the chunking hint
+        return None, None
+    window = cfg.get("window") if isinstance(cfg, dict) else None
+    if not isinstance(window, int) or window < 2 * 160:
+        return None, None
+    ctx = cfg.get("eval_context_frames")
+    return window, ctx if isinstance(ctx, int) and ctx >= 0 else None
 
 
 def model_batch_fn(model: "DownstreamModel") -> BatchFn:
@@ -241,14 +278,20 @@ class TranscribeResult:
 
 
 def transcribe_file(tr: Transcriber, path: str | Path, out_dir: str | Path, *, stem: str | None = None,
-                    piano_roll: bool = False, csv: bool = False, chunk_seconds: float = 10.0,
-                    context_seconds: float = 1.0, batch_size: int = 1) -> TranscribeResult:
+                    piano_roll: bool = False, csv: bool = False, chunk_seconds: float | None = None,
+                    context_seconds: float | None = None, batch_size: int | None = None) -> TranscribeResult:
     """Transcribe one audio file into ``out_dir/<stem>.mid`` (+ ``.png`` / ``.csv``), all written atomically.
 
-    Raises :class:`~jtm.errors.DataError` naming the file for bad input; nothing is written then.
+    Chunking defaults to :meth:`Transcriber.chunking` (the run's evaluation setting); memory is bounded by one
+    batch of chunks whatever the file's length. Raises :class:`~jtm.errors.DataError` naming the file for bad
+    input; nothing is written then.
     """
     from jtm.evaluation.midi import notes_to_csv, notes_to_midi
 
+    auto_chunk, auto_context, auto_batch = tr.chunking()
+    chunk_seconds = auto_chunk if chunk_seconds is None else chunk_seconds
+    context_seconds = auto_context if context_seconds is None else context_seconds
+    batch_size = auto_batch if batch_size is None else batch_size
     path, out_dir = Path(path), Path(out_dir)
     stem = stem or path.stem
     watch = Stopwatch()
@@ -325,8 +368,8 @@ def write_notes_png(notes_by_program: dict[int, NoteList], path: Path, duration:
 
 def transcribe_files(model: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
                      threshold: float | None = None, piano_roll: bool = False, csv: bool = False,
-                     on_error: str = "raise", chunk_seconds: float = 10.0, context_seconds: float = 1.0,
-                     batch_size: int = 1, threads: int | None = None, echo: Callable[[str], None] | None = print) -> BatchOutcome:
+                     on_error: str = "raise", chunk_seconds: float | None = None,
+                     context_seconds: float | None = None, batch_size: int | None = None, threads: int | None = None, echo: Callable[[str], None] | None = print) -> BatchOutcome:
     """Transcribe every input with one model loaded once; print each file's real-time factor.
 
     Returns a :class:`~jtm.pipelines.chunked.BatchOutcome` of :class:`TranscribeResult` s and skipped inputs.
@@ -338,12 +381,17 @@ def transcribe_files(model: str | Path, inputs: Sequence[str | Path], out_dir: s
     names = output_names(inputs, "")
     tr = load_transcriber(model, threshold)
     say = echo or (lambda s: None)
-    say(f"model {tr.source} ({tr.task}, threshold {tr.threshold:.2f})")
+    chunk, context, batch = tr.chunking()
+    chunk = chunk if chunk_seconds is None else chunk_seconds
+    context = context if context_seconds is None else context_seconds
+    batch = batch if batch_size is None else batch_size
+    say(f"model {tr.source} ({tr.task}, threshold {tr.threshold:.2f}); chunks of {chunk:g} s with {context:g} s "
+        f"of context on each side, {batch} per batch")
     stem_of = {Path(p): n for p, n in zip(inputs, names)}
 
     def one(path: Path) -> TranscribeResult:
         r = transcribe_file(tr, path, out_dir, stem=stem_of[path], piano_roll=piano_roll, csv=csv,
-                            chunk_seconds=chunk_seconds, context_seconds=context_seconds, batch_size=batch_size)
+                            chunk_seconds=chunk, context_seconds=context, batch_size=batch)
         say(f"{path} -> {r.midi}: {r.n_notes} notes ({', '.join(r.instruments) or 'none'}); "
             f"{r.duration:.1f} s of audio in {r.seconds:.2f} s = {r.speed:.0f}x real time")
         return r
