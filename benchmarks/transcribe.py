@@ -1,0 +1,159 @@
+"""Real-time factor of ``jtm transcribe`` for the demo's model architecture; one JSON line per configuration.
+
+    .venv/bin/python benchmarks/transcribe.py                   # 60 s of 44.1 kHz stereo, both thresholds
+    .venv/bin/python benchmarks/transcribe.py --seconds 30 --repeats 2
+
+The model is the demo's CPC architecture (``jtm.pipelines.demo.pretrain_config(DemoConfig.full())``) with random
+weights and a linear transcription probe, saved with ``save_pretrained`` and loaded once with the pipeline's
+``load_transcriber``. Each repeat times ``transcribe_file`` end to end: WAV decode + resampling to 16 kHz (streamed),
+the model over 10 s chunks with 1 s context (batch 4, the CLI default), note extraction and MIDI writing.
+
+A random probe puts most sigmoid outputs near 0.5, so at threshold 0.5 it predicts dozens of flickering notes per
+frame (far more than music has: a worst case for note extraction). Configuration ``calibrated`` saves the threshold
+at the ``--active``-quantile of the model's outputs on this audio instead (about 4 of 128 pitches on per frame, like
+a trained model with a tuned threshold); ``threshold-0.5`` keeps the raw 0.5.
+
+``x_real_time`` is seconds of audio per wall second (what ``jtm transcribe`` prints); ``rtf`` its inverse.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+TARGET_X_REAL_TIME = 30.0
+FALLBACK_ARCHITECTURE = dict(encoder="conv", encoder_dim=128, context="gru", context_dim=128)
+"""The demo's architecture as of writing; used only if jtm.pipelines.demo cannot be imported."""
+
+
+def demo_cpc_config(tiny: bool = False):
+    """The CPCConfig of the demo's model (``DemoConfig.full()``; ``quick()`` when ``tiny``) and where it came from."""
+    from jtm.models.config import CPCConfig
+
+    try:
+        from jtm.pipelines.demo import DemoConfig, pretrain_config
+
+        cfg = DemoConfig.quick() if tiny else DemoConfig.full()
+        return pretrain_config(cfg, Path("store"), Path("out")).model, "DemoConfig.quick()" if tiny else "DemoConfig.full()"
+    except (ImportError, AttributeError, TypeError) as e:  # the demo module is still being written
+        return CPCConfig(**FALLBACK_ARCHITECTURE), f"fallback ({type(e).__name__})"
+
+
+def write_music(path: Path, seconds: float, sample_rate: int = 44100, seed: int = 0) -> Path:
+    """Stereo WAV of chords of sines (a new chord of 2-4 notes every 0.25-1 s) plus a little noise."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sample_rate)
+    x = 0.003 * rng.standard_normal((n, 2)).astype(np.float32)
+    t0 = 0
+    while t0 < n:
+        length = int(rng.uniform(0.25, 1.0) * sample_rate)
+        t = np.arange(min(length, n - t0), dtype=np.float32) / sample_rate
+        for p in rng.integers(40, 90, size=rng.integers(2, 5)):
+            tone = 0.08 * np.sin(2 * np.pi * 440.0 * 2 ** ((p - 69) / 12) * t) * np.exp(-2.0 * t)
+            x[t0:t0 + len(t), 0] += tone
+            x[t0:t0 + len(t), 1] += 0.8 * tone
+        t0 += length
+    sf.write(path, np.clip(x, -1, 1), sample_rate, subtype="PCM_16")
+    return path
+
+
+def build_model(folder: Path, tiny: bool = False, seed: int = 0) -> tuple[Path, dict, str]:
+    """A random-weight transcription DownstreamModel of the demo's architecture saved in ``folder``."""
+    from jtm.models.cpc import CPCEncoder
+    from jtm.models.downstream import DownstreamModel
+
+    torch.manual_seed(seed)
+    config, source = demo_cpc_config(tiny)
+    model = DownstreamModel.build("transcription", CPCEncoder(config), frozen=True)
+    model.save_pretrained(folder)
+    return folder, config.to_dict(), source
+
+
+def calibrated_threshold(model_dir: Path, audio: Path, active: float) -> float:
+    """The (1 - active)-quantile of the model's probabilities on the first 10 s of ``audio``."""
+    from jtm.audio import load_audio
+    from jtm.models.downstream import DownstreamModel
+
+    model = DownstreamModel.from_pretrained(model_dir).eval()
+    wave, _ = load_audio(audio)
+    with torch.inference_mode():
+        probs = torch.sigmoid(model(torch.from_numpy(wave[: 10 * 16000])[None])).numpy()
+    return float(np.quantile(probs, 1.0 - active))
+
+
+def run(seconds: float = 60.0, repeats: int = 3, threshold: float | None = None, active: float = 0.03,
+        batch_size: int = 4, tiny: bool = False, workdir: Path | None = None) -> dict:
+    """Time ``transcribe_file`` on ``seconds`` of 44.1 kHz stereo audio, ``repeats`` times, with one loaded model.
+
+    ``threshold``: the saved decision threshold (None: calibrated so that ``active`` of the outputs are on).
+    """
+    from jtm.models.downstream import DownstreamModel
+    from jtm.pipelines.chunked import stream_audio
+    from jtm.pipelines.transcribe import load_transcriber, transcribe_file
+
+    with tempfile.TemporaryDirectory(prefix="jtm-bench-tr-", dir=workdir) as tmp:
+        tmp = Path(tmp)
+        audio = write_music(tmp / "music.wav", seconds)
+        model_dir, arch, source = build_model(tmp / "model", tiny)
+        if threshold is None:
+            thr = calibrated_threshold(model_dir, audio, active)
+            model = DownstreamModel.from_pretrained(model_dir)
+            model.threshold = thr
+            model.save_pretrained(model_dir)
+        else:
+            thr = threshold
+        t0 = time.perf_counter()
+        tr = load_transcriber(model_dir)  # once, as transcribe_files does
+        load_s = time.perf_counter() - t0
+        walls, result = [], None
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            result = transcribe_file(tr, audio, tmp / "out", batch_size=batch_size)
+            walls.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in stream_audio(audio):
+            pass
+        decode_s = time.perf_counter() - t0
+        assert result is not None and result.midi.is_file()
+        wall = statistics.median(walls)
+        out = {
+            "benchmark": "transcribe", "config": "calibrated" if threshold is None else f"threshold-{threshold:g}",
+            "architecture": arch, "architecture_source": source,
+            "n_parameters": int(sum(p.numel() for p in tr.model.parameters())),
+            "audio": "44.1 kHz stereo PCM_16 WAV", "audio_seconds": round(result.duration, 2),
+            "threshold": round(thr, 4), "batch_size": batch_size, "threads": torch.get_num_threads(),
+            "repeats": repeats, "model_load_seconds": round(load_s, 3),
+            "wall_seconds_median": round(wall, 3), "wall_seconds_first": round(walls[0], 3),
+            "wall_seconds_min": round(min(walls), 3),
+            "decode_resample_seconds": round(decode_s, 3),
+            "x_real_time": round(result.duration / wall, 1), "rtf": round(wall / result.duration, 4),
+            "x_real_time_pipeline_reported": round(result.speed, 1),
+            "n_notes": result.n_notes, "notes_per_second": round(result.n_notes / result.duration, 1),
+            "target_x_real_time": TARGET_X_REAL_TIME,
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        }
+        out["meets_target"] = out["x_real_time"] >= TARGET_X_REAL_TIME
+        return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args(argv)
+    for threshold in (None, 0.5):
+        r = run(args.seconds, args.repeats, threshold=threshold, batch_size=args.batch_size)
+        print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

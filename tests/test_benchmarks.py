@@ -1,0 +1,64 @@
+"""The benchmarks stay runnable: each module's run functions on tiny sizes, checked for their documented keys."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import cpc_step, data_pipeline, transcribe
+
+LABEL_KEYS = {"windows_per_s", "loader_us_per_window", "fast_labeller_us_per_window", "pandas_labeller_ms_per_window",
+              "labels_equal", "pandas_windows_checked", "pandas_over_fast_labeller", "pandas_over_loader",
+              "train_windows_per_s", "train_source", "loader_over_training", "load_average_1min"}
+MEMORY_KEYS = {"budget_mb", "store_audio_mb", "peak_resident_mb", "rss_hwm_growth_mb", "rss_anon_peak_growth_mb",
+               "within_budget", "load_average_1min"}
+
+
+def test_cpc_step_tiny():
+    r = cpc_step.run("tiny", steps=1, warmup=0, batch=2, window=3200, naive=False, matmul_size=64)
+    assert r["windows_per_s"] > 0 and r["load_average_1min"] >= 0
+
+
+def test_data_pipeline_tiny(tmp_path: Path):
+    cpc = tmp_path / "cpc_step.json"
+    cpc.write_text(json.dumps({"config": "x", "windows_per_s": 2.0}) + "\n" + json.dumps({"config": "y", "windows_per_s": 5.0}))
+    lines: list[str] = []
+    results = data_pipeline.run_all(tmp_path, tracks=3, track_seconds=8.0, notes_per_second=12.0, n_batches=3,
+                                    n_reference=12, repeats=1, memory_store_mb=1.5, budgets_mb=(0.5,),
+                                    train_results=cpc, workers=1, emit=lambda d: lines.append(json.dumps(d)))
+    assert [r["config"] for r in results] == ["prepare", "labels-transcription", "labels-pitch-instrument", "memory-0"]
+    assert len(lines) == len(results)  # every result is JSON-serialisable
+    prep = results[0]
+    assert prep["n_tracks"] == 3 and prep["audio_seconds_per_wall_second"] > 0 and prep["notes_per_second"] > 5
+    for r in results[1:3]:
+        assert LABEL_KEYS <= r.keys()
+        assert r["labels_equal"] is True and r["pandas_windows_checked"] == 12  # fast labels == pandas labels
+        assert r["windows_per_s"] > 0 and r["pandas_labeller_ms_per_window"] > 0
+        assert r["train_windows_per_s"] == 5.0 and r["train_source"] == "cpc_step.json:y"  # the fastest consumer
+    mem = results[3]
+    assert MEMORY_KEYS <= mem.keys()
+    assert mem["within_budget"] is True and 0 < mem["peak_resident_mb"] <= mem["budget_mb"]
+    assert mem["n_groups"] > 1 and mem["store_audio_mb"] > mem["budget_mb"]
+
+
+def test_pandas_labeller_catches_a_difference(tmp_path: Path):
+    """The reference is a real check: a note moved by one frame changes its labels."""
+    import numpy as np
+    import pandas as pd
+
+    df = pd.DataFrame({"start_time": [0, 44100], "end_time": [44100, 88200], "instrument": [1, 41], "note": [60, 64]})
+    a = data_pipeline.pandas_window_labels(df, 0, 128, 16000 * 3, by_instrument=False)
+    assert a.shape == (128, 128) and a[:100, 60].all() and not a[100:, 60].any() and a[100:, 64].all()
+    df.loc[1, "start_time"] += 441
+    b = data_pipeline.pandas_window_labels(df, 0, 128, 16000 * 3, by_instrument=True)
+    assert b.shape == (128, 11 * 128) and b[:, 2 * 128 + 64].sum() == 27 and not np.array_equal(a, b[:, :128])
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_transcribe_tiny(tmp_path: Path, threshold):
+    r = transcribe.run(seconds=3.0, repeats=1, threshold=threshold, tiny=True, workdir=tmp_path)
+    assert {"x_real_time", "rtf", "audio_seconds", "architecture", "n_notes", "load_average_1min"} <= r.keys()
+    assert r["architecture_source"].startswith("DemoConfig")
+    assert r["audio_seconds"] == pytest.approx(3.0, abs=0.02) and r["x_real_time"] > 0
+    assert r["rtf"] == pytest.approx(1 / r["x_real_time"], rel=0.05)
