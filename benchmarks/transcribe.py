@@ -1,19 +1,24 @@
 """Real-time factor of ``jtm transcribe`` for the demo's model architecture; one JSON line per configuration.
 
-    .venv/bin/python benchmarks/transcribe.py                   # 60 s of 44.1 kHz stereo, both thresholds
+    .venv/bin/python benchmarks/transcribe.py                   # 60 s of 44.1 kHz stereo, every configuration
     .venv/bin/python benchmarks/transcribe.py --seconds 30 --repeats 2
 
 The model is the demo's CPC architecture (``jtm.pipelines.demo.pretrain_config(DemoConfig.full())``) with random
-weights and a linear transcription probe, saved with ``save_pretrained`` and loaded once with the pipeline's
+weights and a linear transcription probe, saved with ``save_pretrained`` as ``RUN/model`` next to a ``RUN/run.json``
+holding the demo's training window, as a study run of the demo leaves it, and loaded once with the pipeline's
 ``load_transcriber``. Each repeat times ``transcribe_file`` end to end: WAV decode + resampling to 16 kHz (streamed),
-the model over 10 s chunks with 1 s context (batch 4, the CLI default), note extraction and MIDI writing.
+the model over chunks, note extraction and MIDI writing. Chunking is the pipeline's default for such a run
+(``Transcriber.chunking()``: training-length windows, the outer eighth on each side as context, 8 per batch),
+except in configuration ``chunks-10s`` (10 s chunks, 1 s context, batch 4).
 
-A random probe puts most sigmoid outputs near 0.5, so at threshold 0.5 it predicts dozens of flickering notes per
-frame (far more than music has: a worst case for note extraction). Configuration ``calibrated`` saves the threshold
-at the ``--active``-quantile of the model's outputs on this audio instead (about 4 of 128 pitches on per frame, like
-a trained model with a tuned threshold); ``threshold-0.5`` keeps the raw 0.5.
+A random probe's outputs say nothing about the music, so the threshold alone sets how many notes come out. Every
+configuration but ``threshold-0.5`` saves the threshold at the ``active`` (3 %) upper quantile of the model's outputs
+on this audio (about 4 of 128 pitches on per frame, ~17 notes/s: a realistic load for note extraction and MIDI
+writing, like a trained model with a tuned threshold); ``threshold-0.5`` keeps 0.5 (far fewer notes here).
 
-``x_real_time`` is seconds of audio per wall second (what ``jtm transcribe`` prints); ``rtf`` its inverse.
+Configurations: ``default`` (the pipeline's defaults, torch's default thread count), ``threads-1`` (one torch thread),
+``threshold-0.5``, ``chunks-10s``. ``x_real_time`` is seconds of audio per wall second (what ``jtm transcribe``
+prints); ``rtf`` its inverse.
 """
 from __future__ import annotations
 
@@ -35,16 +40,18 @@ FALLBACK_ARCHITECTURE = dict(encoder="conv", encoder_dim=128, context="gru", con
 
 
 def demo_cpc_config(tiny: bool = False):
-    """The CPCConfig of the demo's model (``DemoConfig.full()``; ``quick()`` when ``tiny``) and where it came from."""
+    """(CPCConfig, where it came from, training window) of the demo's model (``DemoConfig.full()``; ``quick()`` when
+    ``tiny``)."""
     from jtm.models.config import CPCConfig
 
     try:
         from jtm.pipelines.demo import DemoConfig, pretrain_config
 
         cfg = DemoConfig.quick() if tiny else DemoConfig.full()
-        return pretrain_config(cfg, Path("store"), Path("out")).model, "DemoConfig.quick()" if tiny else "DemoConfig.full()"
+        model = pretrain_config(cfg, Path("store"), Path("out")).model
+        return model, "DemoConfig.quick()" if tiny else "DemoConfig.full()", int(cfg.window)
     except (ImportError, AttributeError, TypeError) as e:  # the demo module is still being written
-        return CPCConfig(**FALLBACK_ARCHITECTURE), f"fallback ({type(e).__name__})"
+        return CPCConfig(**FALLBACK_ARCHITECTURE), f"fallback ({type(e).__name__})", 20480
 
 
 def write_music(path: Path, seconds: float, sample_rate: int = 44100, seed: int = 0) -> Path:
@@ -66,14 +73,18 @@ def write_music(path: Path, seconds: float, sample_rate: int = 44100, seed: int 
 
 
 def build_model(folder: Path, tiny: bool = False, seed: int = 0) -> tuple[Path, dict, str]:
-    """A random-weight transcription DownstreamModel of the demo's architecture saved in ``folder``."""
+    """A random-weight transcription DownstreamModel of the demo's architecture saved in ``folder``;
+    ``folder/../run.json`` records the demo's training window (what the pipeline's default chunking reads)."""
     from jtm.models.cpc import CPCEncoder
     from jtm.models.downstream import DownstreamModel
 
+    from jtm.fileio import write_json_atomic
+
     torch.manual_seed(seed)
-    config, source = demo_cpc_config(tiny)
+    config, source, window = demo_cpc_config(tiny)
     model = DownstreamModel.build("transcription", CPCEncoder(config), frozen=True)
     model.save_pretrained(folder)
+    write_json_atomic(folder.parent / "run.json", {"task": "transcription", "window": window})
     return folder, config.to_dict(), source
 
 
@@ -90,11 +101,25 @@ def calibrated_threshold(model_dir: Path, audio: Path, active: float) -> float:
 
 
 def run(seconds: float = 60.0, repeats: int = 3, threshold: float | None = None, active: float = 0.03,
-        batch_size: int = 4, tiny: bool = False, workdir: Path | None = None) -> dict:
+        chunk_seconds: float | None = None, context_seconds: float | None = None, batch_size: int | None = None,
+        threads: int | None = None, tiny: bool = False, workdir: Path | None = None, config: str | None = None) -> dict:
     """Time ``transcribe_file`` on ``seconds`` of 44.1 kHz stereo audio, ``repeats`` times, with one loaded model.
 
     ``threshold``: the saved decision threshold (None: calibrated so that ``active`` of the outputs are on).
+    Chunking arguments left None take the pipeline's defaults (as ``jtm transcribe`` does); ``threads``: torch
+    threads for this run (None: torch's default, all cores), as ``jtm transcribe --threads``.
     """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(seconds, repeats, threshold, active, chunk_seconds, context_seconds, batch_size, tiny, workdir,
+                    config)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(seconds, repeats, threshold, active, chunk_seconds, context_seconds, batch_size, tiny, workdir, config):
     from jtm.models.downstream import DownstreamModel
     from jtm.pipelines.chunked import stream_audio
     from jtm.pipelines.transcribe import load_transcriber, transcribe_file
@@ -102,7 +127,7 @@ def run(seconds: float = 60.0, repeats: int = 3, threshold: float | None = None,
     with tempfile.TemporaryDirectory(prefix="jtm-bench-tr-", dir=workdir) as tmp:
         tmp = Path(tmp)
         audio = write_music(tmp / "music.wav", seconds)
-        model_dir, arch, source = build_model(tmp / "model", tiny)
+        model_dir, arch, source = build_model(tmp / "run" / "model", tiny)
         if threshold is None:
             thr = calibrated_threshold(model_dir, audio, active)
             model = DownstreamModel.from_pretrained(model_dir)
@@ -113,10 +138,15 @@ def run(seconds: float = 60.0, repeats: int = 3, threshold: float | None = None,
         t0 = time.perf_counter()
         tr = load_transcriber(model_dir)  # once, as transcribe_files does
         load_s = time.perf_counter() - t0
+        auto = tr.chunking()
+        chunk = auto[0] if chunk_seconds is None else chunk_seconds
+        context = auto[1] if context_seconds is None else context_seconds
+        batch = auto[2] if batch_size is None else batch_size
         walls, result = [], None
         for _ in range(repeats):
             t0 = time.perf_counter()
-            result = transcribe_file(tr, audio, tmp / "out", batch_size=batch_size)
+            result = transcribe_file(tr, audio, tmp / "out", chunk_seconds=chunk_seconds,
+                                     context_seconds=context_seconds, batch_size=batch_size)
             walls.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         for _ in stream_audio(audio):
@@ -125,11 +155,13 @@ def run(seconds: float = 60.0, repeats: int = 3, threshold: float | None = None,
         assert result is not None and result.midi.is_file()
         wall = statistics.median(walls)
         out = {
-            "benchmark": "transcribe", "config": "calibrated" if threshold is None else f"threshold-{threshold:g}",
+            "benchmark": "transcribe",
+            "config": config or ("calibrated" if threshold is None else f"threshold-{threshold:g}"),
             "architecture": arch, "architecture_source": source,
             "n_parameters": int(sum(p.numel() for p in tr.model.parameters())),
             "audio": "44.1 kHz stereo PCM_16 WAV", "audio_seconds": round(result.duration, 2),
-            "threshold": round(thr, 4), "batch_size": batch_size, "threads": torch.get_num_threads(),
+            "threshold": round(thr, 4), "chunk_seconds": chunk, "context_seconds": context, "batch_size": batch,
+            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
             "repeats": repeats, "model_load_seconds": round(load_s, 3),
             "wall_seconds_median": round(wall, 3), "wall_seconds_first": round(walls[0], 3),
             "wall_seconds_min": round(min(walls), 3),
@@ -148,11 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args(argv)
-    for threshold in (None, 0.5):
-        r = run(args.seconds, args.repeats, threshold=threshold, batch_size=args.batch_size)
-        print(json.dumps(r), flush=True)
+    for kwargs in (dict(config="default"), dict(threads=1, config="threads-1"), dict(threshold=0.5),
+                   dict(chunk_seconds=10.0, context_seconds=1.0, batch_size=4, config="chunks-10s")):
+        print(json.dumps(run(args.seconds, args.repeats, **kwargs)), flush=True)
 
 
 if __name__ == "__main__":

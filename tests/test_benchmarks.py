@@ -57,8 +57,9 @@ def test_pandas_labeller_catches_a_difference(tmp_path: Path):
 
 @pytest.mark.parametrize("threshold", [None, 0.5])
 def test_transcribe_tiny(tmp_path: Path, threshold):
-    r = transcribe.run(seconds=3.0, repeats=1, threshold=threshold, tiny=True, workdir=tmp_path)
+    r = transcribe.run(seconds=3.0, repeats=1, threshold=threshold, threads=1, tiny=True, workdir=tmp_path)
     assert {"x_real_time", "rtf", "audio_seconds", "architecture", "n_notes", "load_average_1min"} <= r.keys()
     assert r["architecture_source"].startswith("DemoConfig")
     assert r["audio_seconds"] == pytest.approx(3.0, abs=0.02) and r["x_real_time"] > 0
     assert r["rtf"] == pytest.approx(1 / r["x_real_time"], rel=0.05)
+    assert r["threads"] == 1 and r["chunk_seconds"] > 0 and r["batch_size"] >= 1  # the run.json's chunking was read
