@@ -61,7 +61,7 @@ def _load() -> float:
 # ------------------------------------------------------------------------------------------ synthetic inputs
 
 
-def make_musicnet_folder(root: Path, n_tracks: int = 6, seconds: float = 180.0, notes_per_second: float = 10.0,
+def make_musicnet_folder(root: Path, n_tracks: int = 6, seconds: float = 240.0, notes_per_second: float = 10.0,
                          seed: int = 0) -> dict:
     """A MusicNet-layout folder of ``n_tracks`` train tracks (44.1 kHz mono int16 WAV, sum of note sines)
     with label CSVs of about ``notes_per_second`` notes per second. Returns counts."""
@@ -322,7 +322,7 @@ def run_memory(store_path: Path, budget_mb: float | None) -> dict:
 # ------------------------------------------------------------------------------------------ driver
 
 
-def run_all(workdir: Path, *, tracks: int = 6, track_seconds: float = 180.0, notes_per_second: float = 10.0,
+def run_all(workdir: Path, *, tracks: int = 6, track_seconds: float = 240.0, notes_per_second: float = 10.0,
             n_batches: int = 200, n_reference: int = 200, repeats: int = 5, memory_store_mb: float = 300.0,
             budgets_mb: tuple[float | None, ...] = (50.0, 100.0, None), only: tuple[str, ...] = ("labels", "memory"),
             train_results: Path = RESULTS / "cpc_step.json", workers: int = 2, emit=print) -> list[dict]:
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("labels", "memory"), action="append")
     parser.add_argument("--tracks", type=int, default=6)
-    parser.add_argument("--track-seconds", type=float, default=180.0)
+    parser.add_argument("--track-seconds", type=float, default=240.0)
     parser.add_argument("--notes-per-second", type=float, default=10.0)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--reference-windows", type=int, default=200)
