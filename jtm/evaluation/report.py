@@ -440,11 +440,10 @@ def _find_confusions(obj: Any, path: str = "") -> list[tuple[str, list[list[int]
     found = []
     if isinstance(obj, dict):
         if isinstance(obj.get("class_names"), list):
-            # evaluate_run writes the per-window matrix as "confusion" and the per-recording one (majority
-            # vote) as "track_confusion", both over the same classes.
-            for key, what in (("confusion", "windows"), ("track_confusion", "recordings")):
-                if isinstance(obj.get(key), list):
-                    found.append((f"{path}.{what}" if path else what, obj[key], obj["class_names"]))
+            # evaluate_run writes the per-window matrix (what the headline accuracy scores) as "confusion";
+            # its per-recording "track_confusion" counts only a handful of test pieces and is left to the table.
+            if isinstance(obj.get("confusion"), list):
+                found.append((f"{path}.windows" if path else "windows", obj["confusion"], obj["class_names"]))
         for k, v in obj.items():
             if k not in ("confusion", "track_confusion", "class_names"):
                 found.extend(_find_confusions(v, f"{path}.{k}" if path else str(k)))
