@@ -25,7 +25,7 @@ def test_data_pipeline_tiny(tmp_path: Path):
     cpc.write_text(json.dumps({"config": "x", "windows_per_s": 2.0}) + "\n" + json.dumps({"config": "y", "windows_per_s": 5.0}))
     lines: list[str] = []
     results = data_pipeline.run_all(tmp_path, tracks=3, track_seconds=8.0, notes_per_second=12.0, n_batches=3,
-                                    n_reference=12, repeats=1, memory_store_mb=1.5, budgets_mb=(0.5,),
+                                    n_reference=12, n_per_frame=2, repeats=1, memory_store_mb=1.5, budgets_mb=(0.5,),
                                     train_results=cpc, workers=1, emit=lambda d: lines.append(json.dumps(d)))
     assert [r["config"] for r in results] == ["prepare", "labels-transcription", "labels-pitch-instrument", "memory-0"]
     assert len(lines) == len(results)  # every result is JSON-serialisable
@@ -34,6 +34,7 @@ def test_data_pipeline_tiny(tmp_path: Path):
     for r in results[1:3]:
         assert LABEL_KEYS <= r.keys()
         assert r["labels_equal"] is True and r["pandas_windows_checked"] == 12  # fast labels == pandas labels
+        assert r["pandas_per_frame_windows"] == 2 and r["pandas_per_frame_ms_per_window"] > 0
         assert r["windows_per_s"] > 0 and r["pandas_labeller_ms_per_window"] > 0
         assert r["train_windows_per_s"] == 5.0 and r["train_source"] == "cpc_step.json:y"  # the fastest consumer
     mem = results[3]
