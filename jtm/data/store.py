@@ -14,7 +14,6 @@ import pandas as pd
 from jtm.data.labels import NoteIndex, Notes
 from jtm.data.prepare import CORE_COLUMNS, STORE_FORMAT, STORE_VERSION, read_store_json
 from jtm.errors import DataError
-from jtm.fileio import load_npy
 
 _NOTE_FIELDS = ("track", "start", "end", "instrument", "pitch")
 
@@ -39,7 +38,7 @@ class Store:
         # note_bounds[i]:note_bounds[i+1] are track i's notes (the table is sorted by track, start).
         self._note_bounds = np.searchsorted(self._note_track, np.arange(len(tracks) + 1), side="left")
         self._note_index: NoteIndex | None = None
-        self._shards: dict[int, np.ndarray] = {}
+        self._shards: dict[int, tuple[Path, int, int]] = {}
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -81,13 +80,6 @@ class Store:
                 raise DataError(path / "shards" / f"{int(shard):05d}.npy", "shard file missing")
         return cls(path, info, tracks, notes)
 
-    # Memmaps must not travel to DataLoader workers by pickling (that would copy the audio):
-    # drop them and let each process map the shards itself.
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_shards"] = {}
-        return state
-
     # ------------------------------------------------------------------ audio
     def __len__(self) -> int:
         return len(self.tracks)
@@ -97,21 +89,43 @@ class Store:
         """Track lengths in samples, (n_tracks,) int64."""
         return self._length
 
-    def _shard_array(self, k: int) -> np.ndarray:
-        arr = self._shards.get(k)
-        if arr is None:
-            arr = load_npy(self.path / "shards" / f"{k:05d}.npy", mmap=True)
-            self._shards[k] = arr
-        return arr
+    def _shard_layout(self, k: int) -> tuple[Path, int, int]:
+        """(path, byte offset of the samples, number of samples) of shard ``k``, from its .npy header.
+
+        Audio is read with positional file reads rather than through a memory map: a map keeps every page
+        it has touched counted in the process's resident memory, which would hide the loader's memory
+        budget behind the page cache.
+        """
+        layout = self._shards.get(k)
+        if layout is None:
+            path = self.path / "shards" / f"{k:05d}.npy"
+            try:
+                with open(path, "rb") as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = read_header(f)
+                    data_offset = f.tell()
+            except (OSError, ValueError) as e:
+                raise DataError(path, f"not a readable .npy shard ({e})") from None
+            if dtype != np.dtype("<i2") or len(shape) != 1 or fortran:
+                raise DataError(path, f"shard must be 1-D little-endian int16, found {dtype} {shape}")
+            if path.stat().st_size < data_offset + 2 * shape[0]:
+                raise DataError(path, "shard is truncated")
+            layout = (path, data_offset, int(shape[0]))
+            self._shards[k] = layout
+        return layout
 
     def audio_int16(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Track ``i``'s int16 samples ``[start, stop)`` as a copy, (T,) int16."""
+        """Track ``i``'s int16 samples ``[start, stop)`` as a fresh array, (T,) int16."""
         i = int(i)
         n = int(self._length[i])
         stop = n if stop is None else min(int(stop), n)
         start = max(0, int(start))
-        base = int(self._offset[i])
-        return np.array(self._shard_array(int(self._shard[i]))[base + start : base + stop], dtype=np.int16)
+        path, data_offset, _ = self._shard_layout(int(self._shard[i]))
+        first = int(self._offset[i]) + start
+        count = max(0, stop - start)
+        return np.fromfile(path, dtype="<i2", count=count, offset=data_offset + 2 * first).astype(np.int16, copy=False)
 
     def audio(self, i: int) -> np.ndarray:
         """Track ``i`` as float32 in [-1, 1): (T,) at ``sample_rate``."""
