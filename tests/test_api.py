@@ -55,9 +55,6 @@ def test_a_pretraining_run_folder_is_accepted_where_an_encoder_is(tmp_path: Path
     np.testing.assert_array_equal(load_encoder(run / "encoder").embed(wave, 16_000), from_folder)
 
 
-@pytest.mark.xfail(raises=Exception, strict=False,
-                   reason="CPCEncoder.from_pretrained (jtm/models/cpc.py) reads DIR/config.json only; the README "
-                          "promises a pretraining RUN folder too. The pipelines resolve RUN -> RUN/encoder themselves.")
 def test_from_pretrained_accepts_a_pretraining_run_folder(tmp_path: Path) -> None:
     run = make_pretrain_run(tmp_path / "run", seed=2)
     wave = np.random.default_rng(1).standard_normal(8_000).astype(np.float32) * 0.1

@@ -126,8 +126,11 @@ class CPCEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "CPCEncoder":
-        """Load a folder written by :meth:`save_pretrained` (never unpickles; refusals raise ModelFileError)."""
+        """Load a folder written by :meth:`save_pretrained`, or a pretraining run folder holding one in
+        ``encoder/``. Never unpickles; a refused or damaged file raises ModelFileError naming it."""
         directory = Path(directory)
+        if not (directory / "config.json").exists() and (directory / "encoder" / "config.json").exists():
+            directory = directory / "encoder"
         raw = read_pretrained_config(directory, format=ENCODER_FORMAT, version=ENCODER_FORMAT_VERSION)
         try:
             config = CPCConfig.from_dict(raw)
