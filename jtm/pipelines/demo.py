@@ -16,14 +16,15 @@ up-to-date store, pretraining and study cells resume from checkpoints or skip fi
 demo continues where it stopped. ``OUT/demo.json`` records the configuration; a re-run with a different one is
 refused rather than mixing results.
 
-Sizing (measured on a 2-core 2.8 GHz Xeon shared with other jobs, see ``DemoConfig.full``): about 20 minutes of
-audio, a 128-dimensional conv + GRU CPC model, a few epochs; the whole demo aims at 12-15 minutes of wall time.
+Sizing, measured on the 2-core 2.8 GHz Xeon development box while other jobs shared it (load 3-6): 20.2 min
+of audio in 26 pieces, a 128-dimensional conv (batch norm) + GRU CPC model trained for 6 epochs at 2e-3 (~500
+steps of 8 x 1.28 s windows), 12 study runs of 6 epochs each. Synthesis ~30 s, preparation ~4 s, pretraining
+5-8 min, study ~5 min, report ~4 s: 11-14 minutes in all. ``quick()`` runs in under a minute.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 import threading
 import time
@@ -140,12 +141,13 @@ class _Stages:
         self.seconds: dict[str, float] = {}
         self.reused: list[str] = []
 
-    def done(self, name: str) -> bool:
-        return (self.dir / f"{name}.json").is_file()
+    def done(self, name: str, output: Path | None = None) -> bool:
+        """A stage is finished when its marker exists and (if given) its output is still there."""
+        return (self.dir / f"{name}.json").is_file() and (output is None or output.exists())
 
-    def run(self, name: str, what: str, fn: Callable[[], Any]) -> Any:
+    def run(self, name: str, what: str, fn: Callable[[], Any], output: Path | None = None) -> Any:
         k = STAGES.index(name) + 1
-        if self.done(name):
+        if self.done(name, output):
             self.echo(f"[{k}/{len(STAGES)}] {name}: {what} -- finished earlier, reused")
             self.seconds[name] = 0.0
             self.reused.append(name)
@@ -281,8 +283,9 @@ def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     _check_out(out, cfg)
-    threads = cfg.threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(int(threads or 1))
+    from jtm.pipelines.environment import usable_cpus
+
+    torch.set_num_threads(int(cfg.threads or usable_cpus()))
     corpus, store, pretrain, study = out / "corpus", out / "store", out / "pretrain", out / "study"
     report = out / "report.html"
     stages = _Stages(out, echo)
@@ -338,11 +341,13 @@ def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: 
         write_report([out], report, title="JTM demo: CPC on synthesised music")
 
     with quiet_libraries():
-        stages.run("synthesise", f"render about {cfg.minutes:g} min of scores with a GM soundfont", synthesise)
-        stages.run("prepare", "resample to 16 kHz and build the store", prepare)
-        stages.run("pretrain", f"CPC, {cfg.pretrain_epochs} epoch(s)", pretrain_stage)
+        stages.run("synthesise", f"render about {cfg.minutes:g} min of scores with a GM soundfont", synthesise,
+                   corpus)
+        stages.run("prepare", "resample to 16 kHz and build the store", prepare, store / "store.json")
+        stages.run("pretrain", f"CPC, {cfg.pretrain_epochs} epoch(s)", pretrain_stage,
+                   pretrain / "encoder" / "config.json")
         stages.run("study", f"{len(cfg.tasks) * len(cfg.methods) * len(cfg.fractions)} downstream runs "
-                   f"({', '.join(cfg.methods)})", study_stage)
+                   f"({', '.join(cfg.methods)})", study_stage, study / "results.csv")
         # The report is cheap and reflects everything above: rebuild it on every run.
         (stages.dir / "report.json").unlink(missing_ok=True)
         stages.run("report", "write the HTML report", report_stage)
