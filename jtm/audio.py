@@ -1,6 +1,8 @@
 """Audio input: read any soundfile-supported file, validate it, mix to mono and resample with soxr."""
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,34 +29,94 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return audio if audio.ndim == 1 else audio.mean(axis=1, dtype=np.float32)
 
 
-def load_audio(path: str | Path, sample_rate: int | None = SAMPLE_RATE) -> tuple[np.ndarray, int]:
-    """Read an audio file as float32 mono, resampled to ``sample_rate`` (None keeps the file's rate).
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says: its native rate, channels, frame count and container format."""
 
-    Returns ``(audio, rate)`` with ``audio`` of shape (T,) in [-1, 1].
-    Raises :class:`DataError` naming the file for empty, truncated, non-audio or non-finite input.
-    """
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio the header announces."""
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def probe_audio(path: str | Path) -> AudioInfo:
+    """Read and check a file's header; raise :class:`DataError` for missing, empty or non-audio files."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty")
     try:
-        with sf.SoundFile(path) as f:
-            orig_sr = f.samplerate
-            expected = f.frames
-            audio = f.read(dtype="float32", always_2d=False)
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise DataError(path, f"not a readable audio file ({e})") from None
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise DataError(path, f"not a readable audio file (rate {info.samplerate}, {info.channels} channels)")
+    wav = wav_data_sizes(path)
+    if wav is not None:
+        declared, available, frame_bytes = wav
+        if declared > available:
+            raise DataError(path, f"audio is truncated: header says {declared // frame_bytes} frames, file holds "
+                                  f"{available // frame_bytes}")
+    return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), str(info.format))
+
+
+def wav_data_sizes(path: Path) -> tuple[int, int, int] | None:
+    """For a RIFF/WAVE file: (bytes its data chunk declares, bytes actually present, bytes per frame).
+
+    libsndfile quietly shortens a truncated WAV to the bytes present (its frame count then matches what it
+    reads), so the truncation is only visible by comparing the header's data size with the file size.
+    None for other formats, and for WAVs whose data size is a streaming placeholder (0 or 0xFFFFFFFF).
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            pos, frame_bytes = 12, 0
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+                if chunk_id == b"fmt " and chunk_size >= 16:
+                    frame_bytes = struct.unpack("<H", f.read(14)[12:14])[0]
+                elif chunk_id == b"data":
+                    if chunk_size in (0, 0xFFFFFFFF) or frame_bytes <= 0:
+                        return None
+                    return chunk_size, size - (pos + 8), frame_bytes
+                pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to an even size
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def load_audio(path: str | Path, sample_rate: int | None = SAMPLE_RATE) -> tuple[np.ndarray, int]:
+    """Read an audio file as float32 mono, resampled to ``sample_rate`` (None keeps the file's rate).
+
+    Returns ``(audio, rate)`` with ``audio`` of shape (T,) in [-1, 1].
+    Raises :class:`DataError` naming the file for empty, truncated, non-audio or non-finite input.
+    """
+    info = probe_audio(path)
+    path = info.path
+    try:
+        audio, orig_sr = sf.read(str(path), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise DataError(path, f"not a readable audio file ({e})") from None
     if audio.size == 0:
         raise DataError(path, "audio has no samples")
-    if expected > 0 and len(audio) < expected:
-        raise DataError(path, f"audio is truncated: header says {expected} frames, file holds {len(audio)}")
+    if info.frames > 0 and len(audio) < info.frames:
+        raise DataError(path, f"audio is truncated: header says {info.frames} frames, file holds {len(audio)}")
     audio = to_mono(audio)
     if not np.isfinite(audio).all():
         raise DataError(path, "audio contains NaN or infinite samples")
     if sample_rate is not None:
-        audio = resample(audio, orig_sr, sample_rate)
-        return audio, sample_rate
+        return resample(audio, orig_sr, sample_rate), sample_rate
     return audio, orig_sr
 
 

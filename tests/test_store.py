@@ -199,7 +199,7 @@ def _bad_audio_cases(folder: Path) -> dict[str, str]:
     sf.write(folder / "short.wav", sine(440, 1.0, 16000), 16000)
     return {
         "empty.wav": "empty",
-        "truncated.wav": "truncated",
+        "truncated.wav": "audio is truncated: header says",
         "text.wav": "not a readable audio file",
         "nan.wav": "NaN",
         "silent.wav": "audio is silent",

@@ -756,9 +756,4 @@ def write_report(inputs: Sequence[str | Path], out: str | Path, title: str = "JT
     """Render the report for ``inputs`` and write it atomically to ``out``; returns ``out``."""
     out = Path(out)
     write_text_atomic(out, render_report(inputs, title=title, log=log))
-    # Atomic writes create private (0600) temporary files; a report is meant to be shared and opened by a
-    # browser or web server, so give it the permissions a plain file would get under the user's umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(out, 0o666 & ~umask)
     return out

@@ -16,7 +16,6 @@ reading, so consumers must not publish a result before the stream is exhausted.
 """
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from jtm.audio import SAMPLE_RATE, to_mono
+from jtm.audio import SAMPLE_RATE, probe_audio, to_mono
 from jtm.errors import DataError
 
 HOP = 160
@@ -35,73 +34,6 @@ HOP = 160
 
 READ_BLOCK = 1 << 16
 """Frames decoded per read: large enough to amortise the call, small enough to be negligible in memory."""
-
-
-@dataclass(frozen=True)
-class AudioInfo:
-    """What a file's header says: its native rate, channels, frame count and container format."""
-
-    path: Path
-    sample_rate: int
-    channels: int
-    frames: int
-    format: str
-
-    @property
-    def duration(self) -> float:
-        """Seconds of audio the header announces."""
-        return self.frames / self.sample_rate if self.sample_rate else 0.0
-
-
-def probe_audio(path: str | Path) -> AudioInfo:
-    """Read and check a file's header; raise :class:`DataError` for missing, empty or non-audio files."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise DataError(path, "file is empty")
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise DataError(path, f"not a readable audio file ({e})") from None
-    if info.samplerate <= 0 or info.channels <= 0:
-        raise DataError(path, f"not a readable audio file (rate {info.samplerate}, {info.channels} channels)")
-    wav = wav_data_sizes(path)
-    if wav is not None:
-        declared, available, frame_bytes = wav
-        if declared > available:
-            raise DataError(path, f"audio is truncated: header says {declared // frame_bytes} frames, file holds "
-                                  f"{available // frame_bytes}")
-    return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), str(info.format))
-
-
-def wav_data_sizes(path: Path) -> tuple[int, int, int] | None:
-    """For a RIFF/WAVE file: (bytes its data chunk declares, bytes actually present, bytes per frame).
-
-    libsndfile quietly shortens a truncated WAV to the bytes present (its frame count then matches what it
-    reads), so the truncation is only visible by comparing the header's data size with the file size.
-    None for other formats, and for WAVs whose data size is a streaming placeholder (0 or 0xFFFFFFFF).
-    """
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return None
-            pos, frame_bytes = 12, 0
-            while pos + 8 <= size:
-                f.seek(pos)
-                chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
-                if chunk_id == b"fmt " and chunk_size >= 16:
-                    frame_bytes = struct.unpack("<H", f.read(14)[12:14])[0]
-                elif chunk_id == b"data":
-                    if chunk_size in (0, 0xFFFFFFFF) or frame_bytes <= 0:
-                        return None
-                    return chunk_size, size - (pos + 8), frame_bytes
-                pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to an even size
-    except (OSError, struct.error):
-        return None
-    return None
 
 
 def stream_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, block: int = READ_BLOCK) -> Iterator[np.ndarray]:

@@ -27,7 +27,8 @@ import numpy as np
 
 from jtm.errors import JTMError, ModelFileError
 from jtm.fileio import atomic_path
-from jtm.pipelines.chunked import Chunk, FrameFn, Stopwatch, core_frames, iter_frames, probe_audio, process_files
+from jtm.audio import probe_audio
+from jtm.pipelines.chunked import Chunk, FrameFn, Stopwatch, core_frames, iter_frames, process_files
 
 if TYPE_CHECKING:
     from jtm.models.cpc import CPCEncoder

@@ -26,7 +26,8 @@ from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS, N_PI
 from jtm.errors import JTMError, ModelFileError
 from jtm.evaluation.notes import NoteList, make_notes, roll_to_notes
 from jtm.fileio import atomic_path, load_json
-from jtm.pipelines.chunked import (BatchFn, BatchOutcome, Chunk, Stopwatch, core_frames, iter_frames, probe_audio,
+from jtm.audio import probe_audio
+from jtm.pipelines.chunked import (BatchFn, BatchOutcome, Chunk, Stopwatch, core_frames, iter_frames,
                                   process_files, stack_chunks)
 from jtm.pipelines.embed import output_names
 
