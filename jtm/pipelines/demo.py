@@ -70,7 +70,9 @@ class DemoConfig:
     # -- label-efficiency study
     tasks: tuple[str, ...] = ("transcription", "ensemble")
     fractions: tuple[float, ...] = (0.1, 1.0)
-    methods: tuple[str, ...] = ("cpc-linear", "logmel-linear", "random-linear")
+    methods: tuple[str, ...] = ("cpc-linear", "logmel-linear", "random-linear", "supervised")
+    """The project's question in four arms: CPC features, the classical front end, an untrained encoder, and
+    the same architecture trained from scratch on the labels alone."""
     study_epochs: int = 6
     study_lr: float = 1e-3
     study_limit_batches: int | None = 60
@@ -95,7 +97,8 @@ class DemoConfig:
         """A smoke run of every stage in about two minutes: 1.5 min of audio, a tiny model, one epoch."""
         return cls(minutes=1.5, max_seconds=20.0, test_fraction=0.25, encoder_dim=32, context_dim=32,
                    predict_steps=4, negatives=16, batch_size=4, pretrain_epochs=1,
-                   pretrain_limit_batches=10, fractions=(0.5, 1.0), study_epochs=1, study_limit_batches=8,
+                   pretrain_limit_batches=10, fractions=(0.5, 1.0),
+                   methods=("cpc-linear", "logmel-linear", "random-linear"), study_epochs=1, study_limit_batches=8,
                    max_eval_seconds=15.0, tune_max_seconds=10.0)
 
     def to_dict(self) -> dict[str, Any]:
