@@ -8,37 +8,13 @@ from typing import List, Optional
 
 import typer
 
-from jtm.cli.app import app
+from jtm.cli.app import Layer, OnError, app
 from jtm.errors import JTMError
-
-
-class OnError(str, Enum):
-    raise_ = "raise"
-    skip = "skip"
-
-
-class Layer(str, Enum):
-    context = "context"
-    encoder = "encoder"
 
 
 class Pool(str, Enum):
     none = "none"
     mean = "mean"
-
-
-def _passive_openmp_threads() -> None:
-    """Let idle OpenMP worker threads sleep instead of spinning (unless the user chose otherwise).
-
-    libgomp reads ``OMP_WAIT_POLICY`` when torch is first imported, which these commands do lazily, after this
-    runs. On a shared or oversubscribed machine spinning workers steal the CPU from each other and from other
-    jobs: on the 2-core development box under load, a CPC training step took 2-5x longer with two spinning
-    threads than with one; with passive waiting two threads are never worse than one.
-    """
-    import os
-
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _expand_inputs(inputs: List[Path]) -> list[Path]:
@@ -91,7 +67,6 @@ def transcribe(
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's, all cores)."),
 ) -> None:
     """Transcribe audio to MIDI with a trained transcription model; prints the real-time factor."""
-    _passive_openmp_threads()
     from jtm.pipelines.transcribe import transcribe_files
 
     outcome = transcribe_files(model, _expand_inputs(audio), out, threshold=threshold, piano_roll=piano_roll,
@@ -116,7 +91,6 @@ def embed(
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's, all cores)."),
 ) -> None:
     """Write CPC features of audio files as float32 .npy arrays (np.load(..., allow_pickle=False))."""
-    _passive_openmp_threads()
     from jtm.pipelines.embed import embed_files
 
     outcome = embed_files(model, _expand_inputs(audio), out, layer=layer.value, pool=pool.value,
@@ -152,7 +126,6 @@ def demo(
     workers: Optional[int] = typer.Option(None, help="Processes for synthesis and preparation (default: all cores)."),
 ) -> None:
     """The whole method on built-in data: synthesise, prepare, pretrain CPC, label-efficiency study, report."""
-    _passive_openmp_threads()
     from jtm.pipelines.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.quick() if quick else DemoConfig.full()

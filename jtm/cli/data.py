@@ -2,18 +2,12 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from jtm.cli.app import data_app
-
-
-class OnError(str, Enum):
-    raise_ = "raise"
-    skip = "skip"
+from jtm.cli.app import OnError, data_app
 
 
 @data_app.command("synth")

@@ -9,17 +9,12 @@ from typing import Optional
 
 import typer
 
-from jtm.cli.app import app
+from jtm.cli.app import Layer, app
 
 
 class Probe(str, Enum):
     linear = "linear"
     mlp = "mlp"
-
-
-class Features(str, Enum):
-    context = "context"
-    encoder = "encoder"
 
 
 class Split(str, Enum):
@@ -42,7 +37,7 @@ def downstream(
     out: Path = typer.Option(..., help="Run folder; re-running with the same folder resumes, or skips if finished."),
     probe: Probe = typer.Option(Probe.linear, help="linear, or mlp (one hidden layer)."),
     finetune: bool = typer.Option(False, help="Train the pretrained encoder together with the probe."),
-    features: Features = typer.Option(Features.context, help="CPC layer the probe reads: context (c) or encoder (z)."),
+    features: Layer = typer.Option(Layer.context, help="CPC layer the probe reads: context (c) or encoder (z)."),
     label_fraction: float = typer.Option(1.0, help="Fraction of the labelled training recordings to train on "
                                          "(seeded, nested across fractions; validation and test never subsampled)."),
     architecture: Optional[Path] = typer.Option(None, help="For random/supervised: copy this run's CPC architecture "

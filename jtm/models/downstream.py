@@ -34,7 +34,8 @@ from jtm.fileio import atomic_path, write_json_atomic
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
 from jtm.models.logmel import LogMel, LogMelConfig
-from jtm.models.pretrained import CONFIG_NAME, WEIGHTS_NAME, load_weights_into, read_pretrained_weights
+from jtm.models.pretrained import (CONFIG_NAME, WEIGHTS_NAME, load_weights_into, read_config_json,
+                                   read_pretrained_weights)
 from jtm.models.probes import build_probe
 
 DOWNSTREAM_FORMAT = "jtm-downstream"
@@ -279,12 +280,7 @@ class DownstreamModel(nn.Module):
 def read_downstream_config(directory: str | Path) -> dict[str, Any]:
     """``directory/config.json`` of a downstream model, checked for format and version."""
     path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise ModelFileError(f"{path}: missing (expected a downstream model folder)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{path}: not valid JSON ({e})") from None
+    config = read_config_json(path, expected="a downstream model folder")
     if not isinstance(config, dict) or config.get("format") != DOWNSTREAM_FORMAT:
         raise ModelFileError(f"{path}: not a {DOWNSTREAM_FORMAT!r} model config")
     if config.get("version") != DOWNSTREAM_VERSION:

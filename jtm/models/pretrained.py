@@ -40,15 +40,21 @@ def save_pretrained_files(directory: str | Path, module: nn.Module, config: dict
     return directory
 
 
+def read_config_json(path: str | Path, expected: str = "a model folder written by save_pretrained") -> Any:
+    """Parse a model's ``config.json``; a missing or malformed file is a ModelFileError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing (expected {expected})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: not valid JSON ({e})") from None
+
+
 def read_pretrained_config(directory: str | Path, *, format: str, version: int) -> dict[str, Any]:
     """The ``config`` object of ``directory/config.json``, after checking its format name and version."""
     path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise ModelFileError(f"{path}: missing (expected a model folder written by save_pretrained)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{path}: not valid JSON ({e})") from None
+    data = read_config_json(path)
     if not isinstance(data, dict) or set(data) != _CONFIG_KEYS:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ModelFileError(f"{path}: expected exactly the keys {sorted(_CONFIG_KEYS)}, found {keys}")
