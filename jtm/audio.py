@@ -55,7 +55,8 @@ def probe_audio(path: str | Path) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise DataError(path, f"not a readable audio file ({e})") from None
+        raise DataError(path, f"not a readable audio file: no {path.suffix or 'known'} decoder could parse it "
+                              f"(libsndfile: {_decoder_message(e)})") from None
     if info.samplerate <= 0 or info.channels <= 0:
         raise DataError(path, f"not a readable audio file (rate {info.samplerate}, {info.channels} channels)")
     wav = wav_data_sizes(path)
@@ -94,6 +95,15 @@ def wav_data_sizes(path: Path) -> tuple[int, int, int] | None:
     except (OSError, struct.error):
         return None
     return None
+
+
+def _decoder_message(error: Exception) -> str:
+    # libsndfile's text for a file it cannot parse often blames the path ("does not exist or is not a regular
+    # file") even when the file is there; keep only its last, most specific clause.
+    message = str(error).split(": ")[-1].strip()
+    if "does not exist" in message:  # the file exists (checked first): the decoder failed on its contents
+        return "unrecognised or corrupt data"
+    return message or type(error).__name__
 
 
 def load_audio(path: str | Path, sample_rate: int | None = SAMPLE_RATE) -> tuple[np.ndarray, int]:
