@@ -37,6 +37,7 @@ from typing import Any
 
 from jtm.errors import JTMError
 from jtm.fileio import load_json, write_json_atomic
+from jtm.training.runs import changed_keys
 
 Echo = Callable[[str], None]
 
@@ -203,9 +204,7 @@ def _check_out(out: Path, cfg: DemoConfig) -> None:
     path = out / "demo.json"
     if path.is_file():
         old = load_json(path)
-        old_content = {k: v for k, v in (old.get("config") or {}).items() if k not in DemoConfig.MACHINE_KEYS}
-        new = cfg.content()
-        changed = sorted(k for k in set(old_content) | set(new) if old_content.get(k) != new.get(k))
+        changed = changed_keys(old.get("config") or {}, cfg.content(), ignore=DemoConfig.MACHINE_KEYS)
         if changed:
             raise JTMError(f"{out}: this demo folder was made with a different configuration ({', '.join(changed)} "
                            "differ); use another --out, or delete the folder to start over")

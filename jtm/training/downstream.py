@@ -49,7 +49,7 @@ from jtm.data.subsets import LabelledSplits, labelled_splits
 from jtm.data.windows import WindowBatches
 from jtm.errors import JTMError
 from jtm.evaluation.metrics import tune_threshold
-from jtm.fileio import load_json, write_json_atomic
+from jtm.fileio import write_json_atomic
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import (DownstreamModel, is_frame_task, load_frontend_source, pos_weight_from_counts,
@@ -57,6 +57,7 @@ from jtm.models.downstream import (DownstreamModel, is_frame_task, load_frontend
 from jtm.models.logmel import LogMel
 from jtm.training.callbacks import SetEpoch
 from jtm.training.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
+from jtm.training.runs import refuse_changed_config
 
 ENCODER_KINDS = ("random", "logmel", "supervised")
 """Front ends named by keyword; any other ``encoder`` value is a path to a pretrained encoder."""
@@ -360,18 +361,7 @@ def build_model(cfg: DownstreamConfig, classes: list[str] | None) -> DownstreamM
 
 def _check_run_folder(cfg: DownstreamConfig) -> dict[str, Any] | None:
     """The previous run.json, after refusing to resume a run folder trained with another configuration."""
-    path = Path(cfg.out) / "run.json"
-    if not path.exists():
-        return None
-    old, new = load_json(path), cfg.to_dict()
-    changed = sorted(k for k in set(old) | set(new)
-                     if k not in DownstreamConfig.RESUMABLE_CHANGES and old.get(k) != new.get(k))
-    if changed:
-        raise JTMError(
-            f"{path}: this run folder was trained with a different configuration ({', '.join(changed)} differ); "
-            "use a new --out, or delete the folder to start over"
-        )
-    return old
+    return refuse_changed_config(Path(cfg.out) / "run.json", cfg.to_dict(), DownstreamConfig.RESUMABLE_CHANGES)
 
 
 def is_finished(out: str | Path) -> bool:

@@ -30,6 +30,7 @@ from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder, CPCLoss, sample_negatives
 from jtm.training.callbacks import ResumableLoader, SetEpoch
 from jtm.training.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
+from jtm.training.runs import refuse_changed_config
 
 
 @dataclass
@@ -204,17 +205,7 @@ class PretrainData(pl.LightningDataModule):
 
 def _check_run_folder(cfg: PretrainConfig) -> None:
     """Refuse to resume into a run folder that was trained with a different configuration."""
-    path = Path(cfg.out) / "run.json"
-    if not path.exists():
-        return
-    old, new = load_json(path), cfg.to_dict()
-    changed = sorted(k for k in set(old) | set(new)
-                     if k not in PretrainConfig.RESUMABLE_CHANGES and old.get(k) != new.get(k))
-    if changed:
-        raise JTMError(
-            f"{path}: this run folder was trained with a different configuration ({', '.join(changed)} differ); "
-            "use a new --out, or delete the folder to start over"
-        )
+    refuse_changed_config(Path(cfg.out) / "run.json", cfg.to_dict(), PretrainConfig.RESUMABLE_CHANGES)
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
