@@ -47,6 +47,29 @@ def test_label_efficiency(tmp_path: Path) -> None:
     assert plots.label_efficiency_png(df, metric_name="frame_ap")[:8] == PNG_MAGIC
 
 
+def test_label_efficiency_with_seeds_and_chance(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    rows = [
+        {"method": m, "fraction": f, "seed": s, "headline": base + 0.1 * np.log10(f * 10) + rng.normal(0, 0.02)}
+        for m, base in (("cpc-linear", 0.5), ("logmel-linear", 0.35))
+        for f in (0.1, 1.0)
+        for s in range(3)
+    ]
+    results = pd.DataFrame(rows)
+    chance = pd.DataFrame({"task": "t", "method": "chance", "fraction": [0.1, 1.0], "mean": [0.05, 0.05]})
+    png = plots.label_efficiency_png(results, metric_name="frame_ap", value_column="headline", chance=chance)
+    assert png[:8] == PNG_MAGIC and len(png) > 5_000
+    # A chance level that depends on the fraction, given as a number, or as "chance" rows of the results.
+    varying = chance.assign(mean=[0.3, 0.4])
+    _check_png(plots.plot_label_efficiency(results, tmp_path / "le.png", "accuracy", "headline", chance=varying))
+    assert plots.label_efficiency_png(results, "frame_ap", "headline", chance=0.05)[:8] == PNG_MAGIC
+    inline = pd.concat([results, chance.rename(columns={"mean": "headline"})], ignore_index=True)
+    assert plots.label_efficiency_png(inline, "frame_ap", "headline")[:8] == PNG_MAGIC
+    # The band is the 95 % t interval of the seeds' mean, the same numbers as summary.csv.
+    stats = plots._seed_stats(results, "headline")
+    assert set(stats["n"]) == {3} and (stats["ci95_high"] > stats["mean"]).all()
+
+
 def _fake_metrics_csv(epoch_suffix: bool) -> pd.DataFrame:
     # Lightning CSVLogger layout: one row per logging event, NaN elsewhere; val once per epoch.
     rows = []

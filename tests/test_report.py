@@ -168,3 +168,91 @@ def test_excerpt_is_computed_when_the_run_has_none(demo_like: Path, tmp_path: Pa
     if (run / "excerpt.npz").is_file():
         t2, p2, _, _ = load_excerpt(run / "excerpt.npz")
         assert t2.shape == p2.shape
+
+
+def _new_format_study(root: Path, with_summary: bool = True) -> Path:
+    """A study folder as the seeded ``jtm study`` writes it: 2 methods x 2 fractions x 3 seeds of one task."""
+    import json
+
+    import pandas as pd
+
+    from jtm.evaluation.stats import chance_row, summarize_results
+
+    study = root / "study"
+    study.mkdir(parents=True)
+    rows = []
+    for method, base in (("cpc-linear", 0.40), ("logmel-linear", 0.30)):
+        for fraction, gain in ((0.1, 0.0), (1.0, 0.1)):
+            for seed in range(3):
+                rows.append({"task": "transcription", "method": method, "fraction": fraction, "seed": seed,
+                             "headline_metric": "frame_ap", "headline": base + gain + 0.01 * seed,
+                             "val_score": 0.5, "lr": (0.001, 0.003, 0.001)[seed], "best_step": 10, "steps": 20,
+                             "train_seconds": 1.5, "n_train_tracks": 4, "n_val": 1, "n_test": 1,
+                             "frame_f1": float("nan")})
+    results = pd.DataFrame(rows)
+    results.to_csv(study / "results.csv", index=False)
+    if with_summary:
+        chance = [chance_row("transcription", f, "frame_ap", 0.052) for f in (0.1, 1.0)]
+        summary = pd.concat([summarize_results(results), pd.DataFrame(chance)], ignore_index=True)
+        summary.to_csv(study / "summary.csv", index=False)
+    (study / "study.json").write_text(json.dumps({"tasks": ["transcription"], "seeds": [0, 1, 2],
+                                                  "lrs": [0.001, 0.003], "marker": "study-config-7731"}))
+    (study / "environment.json").write_text(json.dumps({"hostname": "env-marker-4242", "threads": 2,
+                                                        "versions": {"torch": "2.x"}}))
+    return study
+
+
+def _section(html: str, sid: str) -> str:
+    start = html.index(f'<section id="{sid}">')
+    return html[start:html.index("</section>", start)]
+
+
+def test_seeded_study_shows_spreads_chance_lrs_and_its_json(tmp_path: Path) -> None:
+    study = _new_format_study(tmp_path)
+    html = render_report([study])
+    p = parse(html)
+    assert 'class="error"' not in html
+    results = _section(html, "results")
+    # cpc-linear at 0.1: 0.40, 0.41, 0.42 -> mean 0.41, half-width t(0.975, 2) * 0.01 / sqrt(3) = 0.0248.
+    assert "0.410 ± 0.025" in results and "0.400–0.420" in results
+    assert "lr 0.001,0.003,0.001" in results and "0.001, 0.003, 0.001" in results
+    # Chance is the last row of the spread table, with its value and no interval.
+    spread = results[results.index('class="spread"'):results.index("</table>")]
+    assert spread.rindex("<th>chance</th>") > spread.rindex("<th>logmel-linear</th>") > spread.index("cpc-linear")
+    assert ">0.052<" in spread
+    assert "Every run (12 rows" in results  # per-seed rows folded away
+    # Every table scrolls inside its own wrapper.
+    assert html.count("<table") == html.count('<div class="table-wrap">') > 3
+    assert ".table-wrap" in html and "overflow-x: auto" in html
+    # The study folder's configuration and environment, once each.
+    assert _section(html, "configuration").count("study-config-7731") == 1
+    assert _section(html, "environment").count("env-marker-4242") == 1
+    # The label-efficiency figure is drawn from the seeds, with the chance level.
+    le = _section(html, "label-efficiency")
+    assert "data:image/png;base64," in le and "95 % confidence interval" in le and "chance" in le
+    assert len(p.images) == 1
+
+
+def test_seeded_study_without_summary_csv_computes_the_spreads(tmp_path: Path) -> None:
+    study = _new_format_study(tmp_path, with_summary=False)
+    html = render_report([study])
+    parse(html)
+    results = _section(html, "results")
+    assert "0.410 ± 0.025" in results and "<th>chance</th>" not in results
+    assert 'class="error"' not in html
+
+
+def test_old_format_study_still_renders(tmp_path: Path) -> None:
+    import pandas as pd
+
+    study = tmp_path / "old"
+    study.mkdir()
+    pd.DataFrame([{"task": "ensemble", "method": m, "fraction": f, "headline_metric": "accuracy",
+                   "headline": 0.5 + f / 10, "accuracy": 0.5 + f / 10, "n_test": 3}
+                  for m in ("cpc-linear", "supervised") for f in (0.1, 1.0)]).to_csv(study / "results.csv",
+                                                                                     index=False)
+    html = render_report([study])
+    p = parse(html)
+    assert 'class="error"' not in html and "±" not in _section(html, "results")
+    assert "old: results.csv" in html and "cpc-linear" in _section(html, "results")
+    assert len(p.images) == 1

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from jtm.evaluation.stats import CHANCE, mean_ci
 from jtm.fileio import atomic_path
 
 _DPI = 110
@@ -149,32 +151,39 @@ def plot_piano_roll(
 
 
 def label_efficiency_png(
-    results: pd.DataFrame, metric_name: str = "metric", value_column: str | None = None, title: str = ""
+    results: pd.DataFrame,
+    metric_name: str = "metric",
+    value_column: str | None = None,
+    title: str = "",
+    chance: float | pd.DataFrame | None = None,
 ) -> bytes:
     """Metric against the fraction of labels used, one line per method, log x axis, as PNG bytes.
 
     ``results`` has columns ``method``, ``fraction`` (0 < f <= 1) and the metric's values in ``value_column``
-    (default: the column named ``metric_name`` if there is one, else ``value``). Repeated runs (seeds) of one
-    (method, fraction) are drawn as their mean with a min..max band.
+    (default: the column named ``metric_name`` if there is one, else ``value``); one row per run. Repeated runs
+    (seeds) of one (method, fraction) are drawn as their mean, the single runs as faint dots and the 95 %
+    confidence interval of the mean (:func:`jtm.evaluation.stats.mean_ci`) as a band.
+
+    ``chance`` is the score of a constant predictor, drawn as a dashed grey line: a number, or rows with
+    ``fraction`` and ``mean`` (summary.csv's chance rows) or the value column. Rows of ``results`` whose
+    method is ``"chance"`` are used the same way.
     """
     if value_column is None:
         value_column = metric_name if metric_name in results.columns else "value"
     missing = {"method", "fraction", value_column} - set(results.columns)
     if missing:
         raise ValueError(f"label-efficiency results lack column(s) {sorted(missing)}")
+    runs = results.dropna(subset=[value_column])
+    is_chance = runs["method"].astype(str) == CHANCE
+    if chance is None and is_chance.any():
+        chance = runs[is_chance]
+    runs = runs[~is_chance]
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.add_subplot()
-    stats = (
-        results.dropna(subset=[value_column])
-        .groupby(["method", "fraction"])[value_column]
-        .agg(["mean", "min", "max"])
-        .reset_index()
-    )
+    stats = _seed_stats(runs, value_column)
     for method, grp in stats.groupby("method", sort=True):
-        grp = grp.sort_values("fraction")
-        (line,) = ax.plot(grp["fraction"], grp["mean"], marker="o", label=str(method))
-        if (grp["max"] > grp["min"]).any():
-            ax.fill_between(grp["fraction"], grp["min"], grp["max"], color=line.get_color(), alpha=0.2)
+        _draw_method(ax, str(method), grp, runs[runs["method"] == method], value_column)
+    drew_chance = _draw_chance(ax, chance, value_column)
     ax.set_xscale("log")
     fractions = np.sort(stats["fraction"].unique())
     if fractions.size:
@@ -183,10 +192,54 @@ def label_efficiency_png(
     ax.set_xlabel("fraction of labelled training data")
     ax.set_ylabel(metric_name)
     ax.grid(True, alpha=0.3)
-    if not stats.empty:
-        ax.legend()
+    if not stats.empty or drew_chance:
+        ax.legend(fontsize=8)
     ax.set_title(title or f"Label efficiency: {metric_name}")
     return _to_png(fig)
+
+
+def _seed_stats(runs: pd.DataFrame, value_column: str) -> pd.DataFrame:
+    """Columns method, fraction, mean, std, ci95_low, ci95_high, min, max, n: one row per (method, fraction)."""
+    rows = []
+    for (method, fraction), grp in runs.groupby(["method", "fraction"]):
+        s = mean_ci(pd.to_numeric(grp[value_column], errors="coerce"))
+        rows.append({"method": method, "fraction": float(fraction), **s})
+    return pd.DataFrame(rows, columns=["method", "fraction", "mean", "std", "ci95_low", "ci95_high", "min", "max", "n"])
+
+
+def _draw_method(ax: Axes, method: str, stats: pd.DataFrame, runs: pd.DataFrame, value_column: str) -> None:
+    """One method's mean line, and with several seeds its single runs and CI band."""
+    stats = stats.sort_values("fraction")
+    several = bool((stats["n"] > 1).any())
+    label = f"{method} (n={int(stats['n'].max())})" if several else method
+    (line,) = ax.plot(stats["fraction"], stats["mean"], marker="o", ms=4, label=label)
+    if several:
+        ax.fill_between(stats["fraction"], stats["ci95_low"], stats["ci95_high"], color=line.get_color(),
+                        alpha=0.18, linewidth=0)
+        ax.scatter(runs["fraction"], runs[value_column], s=9, color=line.get_color(), alpha=0.45, linewidths=0)
+
+
+def _draw_chance(ax: Axes, chance: float | pd.DataFrame | None, value_column: str) -> bool:
+    """The chance level as a dashed grey line (horizontal when it does not depend on the fraction)."""
+    if chance is None:
+        return False
+    style = {"color": "grey", "linestyle": "--", "linewidth": 1.2, "label": "chance"}
+    if not isinstance(chance, pd.DataFrame):
+        if not np.isfinite(float(chance)):
+            return False
+        ax.axhline(float(chance), **style)
+        return True
+    column = next((c for c in ("mean", value_column, "value", "headline") if c in chance.columns), None)
+    if column is None or "fraction" not in chance.columns:
+        raise ValueError("chance rows need a 'fraction' and a 'mean' (or value) column")
+    level = chance.dropna(subset=[column]).groupby("fraction")[column].mean().sort_index()
+    if level.empty:
+        return False
+    if np.allclose(level.to_numpy(), level.iloc[0]):
+        ax.axhline(float(level.iloc[0]), **style)
+    else:  # e.g. the majority class of a small labelled subset differs between fractions
+        ax.plot(level.index.to_numpy(dtype=float), level.to_numpy(dtype=float), **style)
+    return True
 
 
 def plot_label_efficiency(
@@ -195,9 +248,10 @@ def plot_label_efficiency(
     metric_name: str = "metric",
     value_column: str | None = None,
     title: str = "",
+    chance: float | pd.DataFrame | None = None,
 ) -> Path:
     """Write ``label_efficiency_png`` to ``path``."""
-    return _write(path, label_efficiency_png(results, metric_name, value_column, title))
+    return _write(path, label_efficiency_png(results, metric_name, value_column, title, chance))
 
 
 # --------------------------------------------------------------------------------------------- CPC training

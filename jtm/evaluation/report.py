@@ -4,7 +4,9 @@ Inputs are folders; each is searched (a few levels deep) for
 - pretraining runs: ``run.json`` + ``encoder/`` or ``logs/`` (``jtm pretrain``),
 - downstream runs: ``model/config.json`` (``jtm downstream``), with ``metrics.json`` once evaluated and an
   optional ``excerpt.npz`` (a test excerpt's ground truth and prediction),
-- studies: ``results.csv`` (``jtm study``),
+- studies: ``results.csv`` (``jtm study``; one row per run, or per cell in older studies), with the optional
+  ``summary.csv`` (mean, 95 % CI and chosen learning rates per cell, chance rows), ``study.json`` and
+  ``environment.json``,
 so a demo folder, a study folder or single run folders can all be passed.
 
 Sections (each an ``<section id=...>``): ``overview``, ``cpc-training``, ``label-efficiency``, ``results``,
@@ -30,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from jtm.evaluation import report_template as tpl
+from jtm.evaluation.stats import CHANCE, summarize_results
 from jtm.fileio import load_json, write_text_atomic
 
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -167,7 +170,15 @@ def table(df: pd.DataFrame, max_rows: int = 500) -> str:
             cells.append(f"<td{cls}>{esc(fmt_value(v))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     more = note(f"{len(df) - max_rows} more rows not shown.") if len(df) > max_rows else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}"
+    return html_table(f"<tr>{head}</tr>", rows, css_class="data") + more
+
+
+def html_table(head: str, rows: Sequence[str], css_class: str = "") -> str:
+    """A table from ready HTML (``head``: the header's ``<tr>``s, may be empty; ``rows``: body ``<tr>``s),
+    inside a ``div.table-wrap`` so a wide table scrolls sideways instead of running off the page."""
+    cls = f' class="{esc(css_class)}"' if css_class else ""
+    thead = f"<thead>{head}</thead>" if head else ""
+    return f'<div class="table-wrap"><table{cls}>{thead}<tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def key_values(d: dict[str, Any]) -> str:
@@ -176,7 +187,7 @@ def key_values(d: dict[str, Any]) -> str:
     for k, v in d.items():
         text = json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else fmt_value(v)
         rows.append(f"<tr><th>{esc(k)}</th><td>{esc(text)}</td></tr>")
-    return f"<table><tbody>{''.join(rows)}</tbody></table>"
+    return html_table("", rows)
 
 
 def json_block(obj: Any) -> str:
@@ -288,6 +299,30 @@ def load_results(study: Path) -> pd.DataFrame:
     return pd.read_csv(study / "results.csv")
 
 
+def load_summary(study: Path, results: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """A study's ``summary.csv`` (mean, CI and learning rates per task x method x fraction, chance rows too).
+
+    A study that has per-seed results (``seed`` and ``headline`` columns) but no summary.csv yet (still
+    running) gets one computed here without chance rows; an old-format study (one row per cell) gets None.
+    """
+    if (study / "summary.csv").is_file():
+        return pd.read_csv(study / "summary.csv")
+    results = load_results(study) if results is None else results
+    if {"seed", "headline", "task", "method", "fraction"} <= set(results.columns):
+        return summarize_results(results.dropna(subset=["headline"]))
+    return None
+
+
+def chance_rows(summary: pd.DataFrame | None, task: str) -> pd.DataFrame | None:
+    """The chance rows (method "chance") of one task in a summary table, or None when it has none."""
+    if summary is None or "method" not in summary.columns:
+        return None
+    rows = summary[summary["method"].astype(str) == CHANCE]
+    if "task" in rows.columns:
+        rows = rows[rows["task"].astype(str) == str(task)]
+    return rows if not rows.empty else None
+
+
 def _metric_columns(df: pd.DataFrame) -> list[str]:
     """The metric columns of a wide results table: numeric columns that are not identifiers."""
     ids = {"fraction", "seed", "n_train", "n_labelled", "epochs", "threshold", "n_ref_notes", "n_est_notes",
@@ -335,22 +370,36 @@ def primary_metric(metrics: Iterable[str]) -> str | None:
 
 
 def section_label_efficiency(ctx: Context) -> str:
-    from jtm.evaluation.plots import label_efficiency_png
-
     if not ctx.found.studies:
         raise Missing("No study (a folder with results.csv from jtm study) was given.")
     parts = []
     for study in ctx.found.studies:
         parts.append(f"<h3>{esc(ctx.name(study))}</h3>")
-        figs = []
-        for task, metric, sub in label_efficiency_series(load_results(study)):
-            png = label_efficiency_png(sub, metric_name=metric, value_column="value",
-                                       title=f"{task}: {metric} vs labelled fraction")
-            figs.append(img(png, f"label efficiency of {task} ({metric})",
-                            f"{task}: {metric} on the test recordings against the fraction of labelled training "
-                            "recordings, one line per method."))
+        figs = label_efficiency_figures(study)
         parts.append(f'<div class="grid">{"".join(figs)}</div>' if figs else note("results.csv has no values yet."))
     return "".join(parts)
+
+
+def label_efficiency_figures(study: Path) -> list[str]:
+    """One ``<figure>`` per task of a study: every run's test score (the seeds give the CI band) and the
+    chance level from summary.csv."""
+    from jtm.evaluation.plots import label_efficiency_png
+
+    results = load_results(study)
+    summary = load_summary(study, results)
+    seeded = "seed" in results.columns and results["seed"].nunique() > 1
+    band = (" Line: mean over seeds; band: 95 % confidence interval of the mean; dots: single seeds."
+            if seeded else "")
+    figs = []
+    for task, metric, sub in label_efficiency_series(results):
+        chance = chance_rows(summary, task)
+        png = label_efficiency_png(sub, metric_name=metric, value_column="value",
+                                   title=f"{task}: {metric} vs labelled fraction", chance=chance)
+        dashed = " Dashed grey: chance (a constant predictor)." if chance is not None else ""
+        figs.append(img(png, f"label efficiency of {task} ({metric})",
+                        f"{task}: {metric} on the test recordings against the fraction of labelled training "
+                        f"recordings, one line per method.{band}{dashed}"))
+    return figs
 
 
 def label_efficiency_series(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
@@ -385,8 +434,7 @@ def section_results(ctx: Context) -> str:
         raise Missing("No study results.csv or evaluated downstream run was given.")
     parts = []
     for study in ctx.found.studies:
-        parts.append(f"<h3>{esc(ctx.name(study))}: results.csv</h3>")
-        parts.append(table(results_summary(load_results(study))))
+        parts.append(study_results_html(study, ctx.name(study)))
     evaluated = []
     for run in ctx.found.downstream:
         metrics = _read_json(run / "metrics.json")
@@ -401,7 +449,88 @@ def section_results(ctx: Context) -> str:
     return "".join(parts)
 
 
-RESULT_COLUMNS = ("task", "method", "fraction", "headline_metric", "headline", "frame_ap", "frame_f1", "note_f1",
+def study_results_html(study: Path, name: str) -> str:
+    """A study's results: with seeds, the spread tables per task and the per-seed rows folded away; for an
+    old-format study (one row per cell) its results.csv as a table."""
+    results = load_results(study)
+    summary = load_summary(study, results)
+    if summary is None:
+        return f"<h3>{esc(name)}: results.csv</h3>" + table(results_summary(results))
+    per_seed = table(results_summary(results))
+    return (f"<h3>{esc(name)}</h3>" + summary_tables(summary)
+            + f"<details><summary>Every run ({len(results)} rows of results.csv)</summary>{per_seed}</details>")
+
+
+def summary_tables(summary: pd.DataFrame) -> str:
+    """Per task: the test score as mean ± 95 % CI half-width over seeds (rows: methods, chance last; columns:
+    label fractions), then the learning rates chosen on validation."""
+    df = summary.copy()
+    if "task" not in df.columns:
+        df["task"] = "task"
+    parts = []
+    for task, grp in df.groupby("task", sort=False):
+        metrics = grp["headline_metric"].dropna() if "headline_metric" in grp else pd.Series(dtype=object)
+        metric = str(metrics.iloc[0]) if len(metrics) else "score"
+        fractions = sorted(float(f) for f in grp["fraction"].unique())
+        methods = list(dict.fromkeys(str(m) for m in grp["method"]))
+        methods = [m for m in methods if m != CHANCE] + [m for m in methods if m == CHANCE]
+        cells = {(str(r["method"]), float(r["fraction"])): r for _, r in grp.iterrows()}
+        parts.append(f"<h4>{esc(task)}: test {esc(metric)}, mean ± 95 % CI half-width over seeds "
+                     "(min–max below; hover a cell for details)</h4>")
+        parts.append(_grid_table(methods, fractions, lambda m, f: _spread_cell(cells.get((m, f)))))
+        if "lrs" in grp.columns and grp["lrs"].notna().any():
+            learned = [m for m in methods if m != CHANCE]
+            parts.append(f"<p>Learning rate chosen on validation, per seed ({esc(task)}):</p>")
+            parts.append(_grid_table(learned, fractions, lambda m, f: _lrs_cell(cells.get((m, f))), "spread lrs"))
+    return "".join(parts)
+
+
+def _grid_table(methods: Sequence[str], fractions: Sequence[float], cell: Callable[[str, float], str],
+                css_class: str = "spread") -> str:
+    """A methods x fractions table whose ``<td>`` cells come from ``cell(method, fraction)``."""
+    head = "<tr><th>method \\ fraction</th>" + "".join(f"<th>{esc(f'{f:g}')}</th>" for f in fractions) + "</tr>"
+    rows = [f"<tr><th>{esc(m)}</th>" + "".join(cell(m, f) for f in fractions) + "</tr>" for m in methods]
+    return html_table(head, rows, css_class=css_class)
+
+
+def _num(row: pd.Series, key: str) -> float:
+    try:
+        return float(row.get(key))
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _spread_cell(row: pd.Series | None) -> str:
+    """``0.412 ± 0.031`` with min–max on a small second line and n, the interval and the learning rates in the
+    title; a single seed (or the chance level) shows just its value."""
+    if row is None or not math.isfinite(_num(row, "mean")):
+        return "<td></td>"
+    mean, lo, hi = _num(row, "mean"), _num(row, "ci95_low"), _num(row, "ci95_high")
+    n = int(_num(row, "n_seeds")) if math.isfinite(_num(row, "n_seeds")) else 1
+    tip = [f"n = {n} seed{'s' if n != 1 else ''}"]
+    text = f"{mean:.3f}"
+    extra = ""
+    if n > 1 and math.isfinite(lo) and math.isfinite(hi):
+        text += f" ± {(hi - lo) / 2:.3f}"
+        tip.append(f"95 % CI {lo:.3f}–{hi:.3f}")
+    mn, mx = _num(row, "min"), _num(row, "max")
+    if n > 1 and math.isfinite(mn) and math.isfinite(mx):
+        extra = f'<span class="range">{mn:.3f}–{mx:.3f}</span>'
+        tip.append(f"min {mn:.3f}, max {mx:.3f}")
+    lrs = row.get("lrs")
+    if isinstance(lrs, str) and lrs:
+        tip.append(f"lr {lrs}")
+    return f'<td class="num" title="{esc("; ".join(tip))}">{esc(text)}{extra}</td>'
+
+
+def _lrs_cell(row: pd.Series | None) -> str:
+    lrs = row.get("lrs") if row is not None else None
+    text = lrs.replace(",", ", ") if isinstance(lrs, str) else ""
+    return f'<td class="num">{esc(text)}</td>'
+
+
+RESULT_COLUMNS = ("task", "method", "fraction", "seed", "headline_metric", "headline", "val_score", "lr",
+                  "best_step", "steps", "frame_ap", "frame_f1", "note_f1",
                   "accuracy", "balanced_accuracy", "macro_f1", "track_accuracy", "n_train_tracks", "n_test",
                   "train_seconds", "eval_seconds")
 """Columns of a study's results.csv shown in the report (when present), in this order."""
@@ -596,6 +725,13 @@ def compute_excerpt(run: Path, seconds: float = 10.0) -> tuple[np.ndarray, np.nd
     return truth, pred, store.sample_rate / HOP, caption
 
 
+def _top_folders(ctx: Context) -> list[Path]:
+    """The input folders and the studies, resolved and without duplicates (a study folder given as the input
+    is both, and its study.json / environment.json must be shown once)."""
+    folders = [p if p.is_dir() else p.parent for p in ctx.inputs]
+    return list(dict.fromkeys(p.resolve() for p in [*folders, *ctx.found.studies]))
+
+
 CONFIG_COLUMNS = ("task", "encoder", "probe", "finetune", "features", "label_fraction", "epochs", "window",
                   "batch_size", "lr", "seed", "threshold")
 """Settings of downstream runs shown side by side in the configuration section."""
@@ -603,11 +739,11 @@ CONFIG_COLUMNS = ("task", "encoder", "probe", "finetune", "features", "label_fra
 
 def section_configuration(ctx: Context) -> str:
     parts = []
-    for folder in dict.fromkeys([*ctx.inputs, *ctx.found.studies]):
+    for folder in _top_folders(ctx):
         for name in ("demo.json", "study.json"):
-            cfg = _read_json(Path(folder) / name)
+            cfg = _read_json(folder / name)
             if cfg is not None:
-                parts.append(f"<h3>{esc(ctx.name(Path(folder).resolve()))}/{esc(name)}</h3>{json_block(cfg)}")
+                parts.append(f"<h3>{esc(ctx.name(folder))}/{esc(name)}</h3>{json_block(cfg)}")
     for run in ctx.found.pretrain:
         cfg = _read_json(run / "run.json")
         if cfg is not None:
@@ -692,7 +828,7 @@ def section_environment(ctx: Context) -> str:
     info = environment_info()
     body = "<p>Where this report was generated:</p>" + key_values(info)
     recorded = []
-    for run in ctx.found.pretrain + ctx.found.downstream + ctx.found.studies:
+    for run in dict.fromkeys([*_top_folders(ctx), *ctx.found.pretrain, *ctx.found.downstream]):
         env = _read_json(run / "environment.json")
         if isinstance(env, dict):
             recorded.append(f"<h3>{esc(ctx.name(run))}/environment.json</h3>" + key_values(env))

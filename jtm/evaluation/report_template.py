@@ -32,10 +32,19 @@ p.error {{ color: #9a2b2b; }}
 figure {{ margin: .6rem 0 1rem; }}
 figure img {{ max-width: 100%; height: auto; border: 1px solid var(--line); }}
 figcaption {{ color: var(--muted); font-size: .88rem; }}
-table {{ border-collapse: collapse; margin: .4rem 0 1rem; font-size: .9rem; }}
+h4 {{ font-size: .95rem; margin: .9rem 0 .3rem; font-weight: 600; }}
+.table-wrap {{ max-width: 100%; overflow-x: auto; max-height: 40rem; overflow-y: auto; margin: .4rem 0 1rem; }}
+table {{ border-collapse: collapse; font-size: .9rem; }}
 th, td {{ border: 1px solid var(--line); padding: .25rem .6rem; text-align: left; vertical-align: top; }}
 th {{ background: var(--bg-soft); }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+table.data th, table.data td, table.spread th, table.spread td {{ white-space: nowrap; }}
+table.lrs {{ font-size: .8rem; }}
+thead th {{ position: sticky; top: 0; z-index: 1; }}
+table.spread td[title] {{ cursor: help; }}
+.range {{ display: block; color: var(--muted); font-size: .78rem; }}
+details {{ margin: .3rem 0 1rem; }}
+summary {{ cursor: pointer; color: var(--accent); }}
 pre {{ background: var(--bg-soft); border: 1px solid var(--line); padding: .7rem; overflow-x: auto;
       font-size: .82rem; line-height: 1.35; max-height: 32rem; }}
 code {{ font-size: .9em; }}
