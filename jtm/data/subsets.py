@@ -95,12 +95,15 @@ def labelled_splits(
     fraction: float = 1.0,
     seed: int = 0,
     val_fraction: float = 0.1,
+    subset_seed: int | None = None,
 ) -> LabelledSplits:
     """Carve validation out of ``train_ids`` first, then keep ``fraction`` of the remaining recordings.
 
     The hold-out depends on ``seed`` and ``val_fraction`` only, never on ``fraction``, so all fractions of a
-    label-efficiency study share their validation and test recordings.
+    label-efficiency study share their validation and test recordings. ``subset_seed`` (default ``seed``)
+    draws the label subset alone: a study's repeats each get their own subset of the same pool, validated
+    and tested on the same recordings.
     """
     pool, val = holdout_split(train_ids, val_fraction, seed)
-    train = label_subset(pool, fraction, seed)
+    train = label_subset(pool, fraction, seed if subset_seed is None else subset_seed)
     return LabelledSplits(train, pool, val, np.sort(np.unique(np.asarray(test_ids, dtype=np.int64))))

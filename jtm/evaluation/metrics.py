@@ -74,6 +74,32 @@ def frame_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(average_precision_score(y_true.ravel(), y_score.ravel()))
 
 
+def ranking_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """The same number as :func:`frame_average_precision`, from one sort and two cumulative sums.
+
+    Model selection scores the validation recordings every few dozen steps of hundreds of runs; sklearn's
+    ``average_precision_score`` (several float64 copies and a ``np.unique``) would cost more than the training.
+    Ties are grouped as sklearn groups them (one precision-recall point per distinct score), so the two agree
+    to float rounding (``tests/test_metrics.py``). Returns nan when there is no positive cell.
+    """
+    truth = np.asarray(y_true, dtype=bool).ravel()
+    score = np.asarray(y_score, dtype=np.float32).ravel()
+    if truth.shape != score.shape:
+        raise ValueError(f"y_true {np.shape(y_true)} and y_score {np.shape(y_score)} differ in shape")
+    n_pos = int(truth.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-score)  # the order inside a run of ties does not matter: only run ends are read
+    ranked = score[order]
+    tp = np.cumsum(truth[order], dtype=np.int64)
+    # the last index of every run of equal scores: one operating point per distinct threshold
+    ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])
+    tp = tp[ends]
+    precision = tp / (ends + 1.0)
+    recall_gain = np.diff(tp, prepend=0) / n_pos
+    return float(np.sum(recall_gain * precision))
+
+
 def _roll_to_mir_eval(roll: np.ndarray, shift: int) -> list[np.ndarray]:
     # One array of frequencies (Hz) per frame: the ragged time series mir_eval.multipitch consumes.
     if roll.shape[0] == 0:

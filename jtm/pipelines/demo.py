@@ -68,20 +68,22 @@ class DemoConfig:
     pretrain_lr: float = 2e-3
     pretrain_limit_batches: int | None = None
     """Cap on training batches per pretraining epoch (None: the whole corpus every epoch)."""
-    # -- label-efficiency study
+    # -- label-efficiency study (jtm.pipelines.study: equal step budget, lr and checkpoint chosen on validation)
     tasks: tuple[str, ...] = ("transcription", "ensemble")
     fractions: tuple[float, ...] = (0.1, 1.0)
     methods: tuple[str, ...] = ("cpc-linear", "logmel-linear", "random-linear", "supervised")
-    """The project's question in four arms: CPC features, the classical front end, an untrained encoder, and
-    the same architecture trained from scratch on the labels alone."""
-    study_epochs: int = 6
-    study_lr: float = 1e-3
-    study_limit_batches: int | None = 60
-    """Cap on training batches per epoch of each study run (bounds the cost of the 100 % fraction)."""
-    max_eval_seconds: float | None = 60.0
+    """The project's question in four arms: CPC features, the classical front end, an untrained encoder of the
+    same architecture, and that architecture trained from scratch on the labels alone."""
+    seeds: int = 3
+    study_steps: int = 300
+    eval_every: int = 50
+    patience: int = 3
+    probe_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    encoder_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    max_val_seconds: float | None = 20.0
+    """Seconds of each validation recording scored for selection and the threshold (None: all)."""
+    max_eval_seconds: float | None = None
     """Seconds of each test recording that are evaluated (None: all)."""
-    tune_max_seconds: float | None = 30.0
-    """Seconds of each validation recording used to tune the transcription threshold (None: all)."""
     # -- machine (not part of what is computed: may change between a run and its continuation)
     threads: int | None = None
     workers: int | None = None
@@ -99,19 +101,20 @@ class DemoConfig:
         return cls(minutes=1.5, max_seconds=20.0, test_fraction=0.25, encoder_dim=32, context_dim=32,
                    predict_steps=4, negatives=16, batch_size=4, pretrain_epochs=1,
                    pretrain_limit_batches=10, fractions=(0.5, 1.0),
-                   methods=("cpc-linear", "logmel-linear", "random-linear"), study_epochs=1, study_limit_batches=8,
-                   max_eval_seconds=15.0, tune_max_seconds=10.0)
+                   methods=("cpc-linear", "logmel-linear", "random-linear"), seeds=2, study_steps=20, eval_every=10,
+                   probe_lrs=(1e-3, 1e-2), max_val_seconds=10.0, max_eval_seconds=15.0)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["tasks"], d["fractions"], d["methods"] = list(self.tasks), list(self.fractions), list(self.methods)
+        for key in ("tasks", "fractions", "methods", "probe_lrs", "encoder_lrs"):
+            d[key] = list(d[key])
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DemoConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
-        for key in ("tasks", "fractions", "methods"):
+        for key in ("tasks", "fractions", "methods", "probe_lrs", "encoder_lrs"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -256,22 +259,46 @@ def pretrain_config(cfg: DemoConfig, store: Path, out: Path):
                           log_every_n_steps=5)
 
 
-def results_table(results_csv: Path) -> str:
-    """The study's headline metric per task as a text table: one row per method, one column per fraction."""
+def study_config(cfg: DemoConfig, store: Path, pretrain: Path, out: Path):
+    """The :class:`~jtm.pipelines.study.StudyConfig` of the demo's label-efficiency study."""
+    from jtm.pipelines.study import StudyConfig
+
+    return StudyConfig(data=str(store), out=str(out), pretrained=str(pretrain), tasks=cfg.tasks,
+                       fractions=cfg.fractions, methods=cfg.methods, seeds=cfg.seeds, seed=cfg.seed,
+                       steps=cfg.study_steps, eval_every=cfg.eval_every, patience=cfg.patience,
+                       probe_lrs=cfg.probe_lrs, encoder_lrs=cfg.encoder_lrs, batch_size=cfg.batch_size,
+                       window=cfg.window, max_val_seconds=cfg.max_val_seconds,
+                       max_eval_seconds=cfg.max_eval_seconds, threads=cfg.threads)
+
+
+def results_table(summary_csv: Path) -> str:
+    """A study's ``summary.csv`` as text: per task, one row per method (chance last), one column per fraction,
+    each cell the mean over seeds +- the half-width of its 95 % interval."""
     import pandas as pd
 
-    df = pd.read_csv(results_csv)
+    df = pd.read_csv(summary_csv)
     lines = []
     for task, grp in df.groupby("task", sort=False):
-        metric = str(grp["headline_metric"].iloc[0]) if "headline_metric" in grp else "headline"
-        pivot = grp.pivot_table(index="method", columns="fraction", values="headline", aggfunc="mean")
-        fractions = list(pivot.columns)
-        width = max(14, *(len(str(m)) + 2 for m in pivot.index))
-        lines.append(f"{task}: {metric} on the test recordings, by fraction of labelled training recordings")
-        lines.append("  " + "method".ljust(width) + "".join(f"{'f=' + format(f, 'g'):>10}" for f in fractions))
-        for method, row in pivot.iterrows():
-            cells = "".join(f"{'n/a' if pd.isna(row[f]) else format(row[f], '.3f'):>10}" for f in fractions)
-            lines.append("  " + str(method).ljust(width) + cells)
+        metric = str(grp["headline_metric"].iloc[0])
+        fractions = sorted(grp["fraction"].unique())
+        methods = [m for m in grp["method"].unique() if m != "chance"] + ["chance"]
+        n = int(grp.loc[grp["method"] != "chance", "n_seeds"].max())
+        width = max(16, *(len(str(m)) + 2 for m in methods))
+        lines.append(f"{task}: {metric} on the test recordings, mean +- 95 % CI over {n} seed(s), "
+                     "by fraction of labelled training recordings")
+        lines.append("  " + "method".ljust(width) + "".join(f"{'f=' + format(f, 'g'):>18}" for f in fractions))
+        for method in methods:
+            cells = []
+            for f in fractions:
+                row = grp[(grp["method"] == method) & (grp["fraction"] == f)]
+                if row.empty or pd.isna(row["mean"].iloc[0]):
+                    cells.append(f"{'n/a':>18}")
+                    continue
+                r = row.iloc[0]
+                half = (r["ci95_high"] - r["ci95_low"]) / 2
+                text = f"{r['mean']:.3f}" if method == "chance" else f"{r['mean']:.3f} +- {half:.3f}"
+                cells.append(f"{text:>18}")
+            lines.append("  " + str(method).ljust(width) + "".join(cells))
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -331,11 +358,7 @@ def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: 
     def study_stage() -> None:
         from jtm.pipelines.study import run_study
 
-        run_study(store, study, pretrained=pretrain, tasks=cfg.tasks, fractions=cfg.fractions, methods=cfg.methods,
-                  epochs=cfg.study_epochs, batch_size=cfg.batch_size, window=cfg.window, lr=cfg.study_lr,
-                  seed=cfg.seed, limit_train_batches=cfg.study_limit_batches, max_eval_seconds=cfg.max_eval_seconds,
-                  tune_max_seconds=cfg.tune_max_seconds, threads=cfg.threads, progress=False,
-                  log=lambda line: echo(f"    {line}"))
+        run_study(study_config(cfg, store, pretrain, study), log=lambda line: echo(f"    {line}"))
 
     def report_stage() -> None:
         from jtm.evaluation.report import write_report
@@ -348,8 +371,8 @@ def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: 
         stages.run("prepare", "resample to 16 kHz and build the store", prepare, store / "store.json")
         stages.run("pretrain", f"CPC, {cfg.pretrain_epochs} epoch(s)", pretrain_stage,
                    pretrain / "encoder" / "config.json")
-        stages.run("study", f"{len(cfg.tasks) * len(cfg.methods) * len(cfg.fractions)} downstream runs "
-                   f"({', '.join(cfg.methods)})", study_stage, study / "results.csv")
+        stages.run("study", f"{len(cfg.tasks) * len(cfg.methods) * len(cfg.fractions) * cfg.seeds} selected runs "
+                   f"({', '.join(cfg.methods)}; {cfg.seeds} seeds)", study_stage, study / "summary.csv")
         # The report is cheap and reflects everything above: rebuild it on every run.
         (stages.dir / "report.json").unlink(missing_ok=True)
         stages.run("report", "write the HTML report", report_stage)
@@ -362,7 +385,7 @@ def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: 
         note = " (reused)" if name in stages.reused else ""
         echo(f"  {name:<11} {_fmt_seconds(seconds):>14}{note}")
     echo(f"  {'total':<11} {_fmt_seconds(total):>14}")
-    results = study / "results.csv"
+    results = study / "summary.csv"
     table = results_table(results) if results.is_file() else "(no study results)"
     echo("")
     echo(table)

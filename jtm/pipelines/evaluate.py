@@ -123,49 +123,58 @@ def evaluate_frames(model: DownstreamModel, store: Store, tracks: np.ndarray, cf
     """Predict whole recordings of a frame task and score them (see the module docstring)."""
     threshold = 0.5 if model.threshold is None else float(model.threshold)
     limit = None if max_seconds is None else int(max_seconds * store.sample_rate)
-    by_instrument = model.task == "pitch-instrument"
     ids = store.tracks["id"].astype(str).to_numpy()
-    truths, probs, full_truths, full_probs = [], [], [], []
-    ref_parts, est_parts, per_track = [], [], []
-    offset = 0.0
+    probs = []
     for k, t in enumerate(tracks):
         t0 = time.perf_counter()
-        audio = store.audio(int(t))[:limit]
-        prob = model.predict_frames(audio, cfg.window, context_frames, batch_size)
+        prob = model.predict_frames(store.audio(int(t))[:limit], cfg.window, context_frames, batch_size)
+        # halves the largest array of pitch-instrument runs; AP needs only the order
+        probs.append(prob.astype(np.float16) if model.task == "pitch-instrument" else prob)
+        log(f"  {k + 1}/{len(tracks)} {ids[t]}: {len(prob) / FRAME_RATE:.1f} s in {time.perf_counter() - t0:.1f} s")
+    return score_frames(store, tracks, model.task, probs, threshold, run, excerpt_seconds)
+
+
+def score_frames(store: Store, tracks: np.ndarray, task: str, probs: list[np.ndarray], threshold: float,
+                 run: Path | None = None, excerpt_seconds: float = 10.0) -> dict[str, Any]:
+    """Score frame probabilities of whole recordings: ``probs[i]`` (F_i, n_out) belongs to ``tracks[i]`` and
+    starts at its sample 0. Writes the excerpt of the first recording into ``run`` when given."""
+    by_instrument = task == "pitch-instrument"
+    ids = store.tracks["id"].astype(str).to_numpy()
+    truths, pitch_probs, full_truths = [], [], []
+    ref_parts, est_parts, per_track = [], [], []
+    offset = 0.0
+    for k, (t, prob) in enumerate(zip(tracks, probs)):
         n = len(prob)
-        truth = frame_roll(store, int(t), model.task, n)
+        truth = frame_roll(store, int(t), task, n)
         if by_instrument:
             full_truths.append(truth)
-            full_probs.append(prob.astype(np.float16))  # halves the largest array; AP needs only the order
-            prob = prob.reshape(n, N_INSTRUMENTS, -1).max(axis=1)
+            prob = prob.reshape(n, N_INSTRUMENTS, -1).max(axis=1).astype(np.float32)
             truth = truth.reshape(n, N_INSTRUMENTS, -1).any(axis=1)
         truths.append(truth)
-        probs.append(prob)
+        pitch_probs.append(prob)
         ref_parts.append((offset, _reference_notes(store, int(t), n)))
         est_parts.append((offset, roll_to_notes(prob, threshold, FRAME_RATE, min_frames=MIN_NOTE_FRAMES)))
         offset += n / FRAME_RATE + _NOTE_GAP_SECONDS
         per_track.append({"id": ids[t], "seconds": n / FRAME_RATE, "frame_ap": frame_average_precision(truth, prob)})
-        if k == 0:
+        if k == 0 and run is not None:
             m = min(n, int(excerpt_seconds * FRAME_RATE))
             _write_excerpt(run, truth[:m], prob[:m], threshold, ids[t])
-        log(f"  {k + 1}/{len(tracks)} {ids[t]}: {n / FRAME_RATE:.1f} s in {time.perf_counter() - t0:.1f} s")
-    truth, prob = np.concatenate(truths), np.concatenate(probs)
+    truth, prob = np.concatenate(truths), np.concatenate(pitch_probs)
     frame = frame_prf(truth, prob, threshold, FRAME_RATE)
     note = note_prf(_concat_notes(ref_parts), _concat_notes(est_parts))
-    ref_total = sum(len(n) for _, n in ref_parts)
-    est_total = sum(len(n) for _, n in est_parts)
     metrics: dict[str, Any] = {
         "frame_ap": frame_average_precision(truth, prob),
         **{f"frame_{k}": v for k, v in frame.items()},
         **{f"note_{k}": v for k, v in note.items()},
         "threshold": threshold,
-        "n_ref_notes": int(ref_total),
-        "n_est_notes": int(est_total),
+        "n_ref_notes": int(sum(len(n) for _, n in ref_parts)),
+        "n_est_notes": int(sum(len(n) for _, n in est_parts)),
         "n_frames": int(len(truth)),
+        "positive_rate": float(truth.mean()) if truth.size else float("nan"),
     }
     if by_instrument:
         full_truth = np.concatenate(full_truths)
-        full_prob = np.concatenate(full_probs)
+        full_prob = np.concatenate(probs)
         names = [MUSICNET_INSTRUMENTS[p] for p in INSTRUMENT_PROGRAMS]
         per_inst = per_instrument_ap(full_truth.reshape(len(full_truth), N_INSTRUMENTS, -1),
                                      full_prob.reshape(len(full_prob), N_INSTRUMENTS, -1), names)
@@ -183,37 +192,56 @@ def _majority(probs: np.ndarray) -> int:
     return int(np.argmax(votes + 1e-6 * probs.mean(axis=0)))
 
 
+def track_labels(store: Store, tracks: np.ndarray, task: str, classes: list[str]) -> np.ndarray:
+    """Class index of each of ``tracks`` in ``classes``: int64 (n,); an unknown class is a JTMError."""
+    lookup = {name: i for i, name in enumerate(classes)}
+    column = store.tracks[task].astype(str).str.strip().to_numpy()
+    ids = store.tracks["id"].astype(str).to_numpy()
+    for t in tracks:
+        if column[t] not in lookup:
+            raise JTMError(f"{store.path}: track {ids[t]} has class {column[t]!r}, unknown to the model "
+                           f"(classes {classes}); was the model trained on another store?")
+    return np.asarray([lookup[column[t]] for t in tracks], dtype=np.int64)
+
+
 def evaluate_classification(model: DownstreamModel, store: Store, tracks: np.ndarray, cfg: DownstreamConfig,
                             run: Path, *, batch_size: int, max_seconds: float | None,
                             log: Callable[[str], None]) -> dict[str, Any]:
     """Classify every window of whole recordings; score per window and per recording (majority vote)."""
     classes = list(model.classes or [])
-    lookup = {name: i for i, name in enumerate(classes)}
-    column = store.tracks[model.task].astype(str).str.strip().to_numpy()
+    track_labels(store, tracks, model.task, classes)  # refuse unknown classes before any prediction
     ids = store.tracks["id"].astype(str).to_numpy()
     limit = None if max_seconds is None else int(max_seconds * store.sample_rate)
-    y_true, y_pred, t_true, t_pred, per_track = [], [], [], [], []
+    window_probs = []
     for k, t in enumerate(tracks):
         t0 = time.perf_counter()
-        if column[t] not in lookup:
-            raise JTMError(f"{store.path}: track {ids[t]} has class {column[t]!r}, unknown to the model "
-                           f"(classes {classes}); was the model trained on another store?")
-        label = lookup[column[t]]
         probs, _ = model.predict_windows(store.audio(int(t))[:limit], cfg.window, batch_size)
+        window_probs.append(probs)
+        log(f"  {k + 1}/{len(tracks)} {ids[t]}: {len(probs)} windows in {time.perf_counter() - t0:.1f} s")
+    return score_classification(store, tracks, model.task, classes, window_probs, run)
+
+
+def score_classification(store: Store, tracks: np.ndarray, task: str, classes: list[str],
+                         window_probs: list[np.ndarray], run: Path | None = None) -> dict[str, Any]:
+    """Score class probabilities of every window of whole recordings (``window_probs[i]`` (n_i, C) for
+    ``tracks[i]``), per window and per recording (majority vote); confusion files go into ``run`` if given."""
+    labels = track_labels(store, tracks, task, classes)
+    ids = store.tracks["id"].astype(str).to_numpy()
+    y_true, y_pred, t_pred, per_track = [], [], [], []
+    for t, label, probs in zip(tracks, labels, window_probs):
         pred = probs.argmax(axis=1)
         y_true.append(np.full(len(pred), label))
         y_pred.append(pred)
-        t_true.append(label)
         t_pred.append(_majority(probs))
         per_track.append({"id": ids[t], "true": classes[label], "predicted": classes[t_pred[-1]],
                           "n_windows": int(len(pred)), "window_accuracy": float((pred == label).mean())})
-        log(f"  {k + 1}/{len(tracks)} {ids[t]}: {len(pred)} windows in {time.perf_counter() - t0:.1f} s")
     window = classification_metrics(np.concatenate(y_true), np.concatenate(y_pred), classes)
-    track = classification_metrics(np.asarray(t_true), np.asarray(t_pred), classes)
+    track = classification_metrics(labels, np.asarray(t_pred), classes)
     confusion = np.asarray(window["confusion"])
-    table = pd.DataFrame(confusion, index=pd.Index(classes, name="true \\ predicted"), columns=classes)
-    write_text_atomic(run / "confusion.csv", table.to_csv())
-    plot_confusion(confusion, classes, run / "confusion.png", title=f"{model.task}: windows of {len(tracks)} recordings")
+    if run is not None:
+        table = pd.DataFrame(confusion, index=pd.Index(classes, name="true \\ predicted"), columns=classes)
+        write_text_atomic(run / "confusion.csv", table.to_csv())
+        plot_confusion(confusion, classes, run / "confusion.png", title=f"{task}: windows of {len(tracks)} recordings")
     metrics: dict[str, Any] = dict(window)
     for key in ("accuracy", "balanced_accuracy", "macro_f1"):
         metrics[f"track_{key}"] = track[key]

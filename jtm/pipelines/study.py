@@ -1,25 +1,37 @@
-"""``jtm study``: the label-efficiency study. For every task x label fraction x method, one downstream run and
-its evaluation on the whole test recordings; then one results table and one plot per task.
+"""``jtm study``: does pretraining help when labels are scarce? The label-efficiency study, with a protocol that
+measures labels and nothing else.
 
-Methods (``METHODS``), all probing the same frame rate (100 frames/s):
+For every task x method (arm) x label fraction x seed, one model is trained and scored on the test recordings:
+
+- **Equal budget.** Every run takes the same number of optimizer steps on batches of the same size
+  (``steps``, ``batch_size`` windows of ``window`` samples), whatever its label fraction.
+- **Selection on validation.** Validation recordings (a seeded hold-out of the training recordings, carved
+  before any subset and shared by every fraction and seed) are scored every ``eval_every`` steps; the best
+  weights are kept and a run stops after ``patience`` validations without improvement. The learning rate is
+  chosen on validation from a log-spaced grid per (arm, fraction), on the first seed; the other seeds reuse it.
+  The frame threshold is tuned on validation too. Test recordings are read once, by the selected model.
+- **Seeds.** ``seeds`` repeats per cell, each with its own label subset of the same pool (nested across
+  fractions), initialisation and batch order; the summary gives the mean, the Student-t 95 % interval and
+  min-max. A chance row scores a constant predictor (frame AP = positive rate; majority-class accuracy).
+- **Frozen features are cached** (:mod:`jtm.pipelines.features`) and standardised with statistics of the label
+  subset; every probe, learning rate and seed reads them from disk.
+
+Arms (``METHODS``); the random and from-scratch arms copy the pretrained encoder's architecture:
     random-linear   the CPC architecture, randomly initialised and frozen, + linear probe
     logmel-linear   log-mel spectrogram + linear probe (the classical MIR front end)
-    logmel-mlp      log-mel spectrogram + one-hidden-layer MLP
+    logmel-mlp      log-mel spectrogram + MLP
     cpc-linear      the pretrained CPC encoder, frozen, + linear probe
     cpc-mlp         the pretrained CPC encoder, frozen, + MLP
     cpc-finetune    the pretrained CPC encoder fine-tuned with a linear probe
-    supervised      the CPC architecture trained end to end from scratch (+ linear output layer)
+    supervised      the CPC architecture trained end to end from scratch
 
-Layout: ``DIR/<task>/<method>/f<fraction>/`` is a downstream run folder (``jtm downstream``) with its
-``metrics.json`` (``jtm evaluate``). A cell whose ``metrics.json`` exists is skipped on a re-run; an interrupted
-cell resumes from its checkpoints. ``DIR/results.csv`` / ``DIR/results.json`` (written atomically after every
-cell) hold one row per (task, method, fraction): ``headline_metric``/``headline`` (frame AP for transcription,
-AP over the 11 x 128 outputs for pitch-instrument, accuracy for classification; ``macro_f1`` is a column too),
-every scalar metric, and the cell's cost; ``DIR/label_efficiency_<task>.png`` plots the headline metric against
-the fraction, one line per method.
-
-Every fraction of a task shares its validation and test recordings (``jtm.data.subsets``); the random front end
-and the from-scratch model copy the pretrained encoder's architecture.
+Layout: ``DIR/study.json`` (the configuration), ``DIR/environment.json``, ``DIR/cache/`` (features),
+``DIR/<task>/<method>/f<fraction>/seed<k>/`` a cell: ``cell.json`` (its configuration, the validation score of
+every learning rate tried, the selection curve and the test metrics), ``metrics.json`` and ``model/`` (a
+:class:`DownstreamModel`, usable by ``jtm transcribe``/``jtm evaluate``), ``run.json``/``splits.json``.
+``DIR/results.csv`` has one row per cell, ``DIR/summary.csv`` one per (task, method, fraction) plus the chance
+rows, ``DIR/label_efficiency_<task>.png`` the plot with its bands. A finished cell is reused on a re-run only
+when its configuration is unchanged; a changed one is refused, or re-run with ``rerun_changed``.
 """
 from __future__ import annotations
 
@@ -30,13 +42,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
+from jtm.data.store import Store
 from jtm.errors import JTMError
+from jtm.evaluation.metrics import ranking_average_precision, tune_threshold
 from jtm.evaluation.plots import plot_label_efficiency
+from jtm.evaluation.stats import chance_row, summarize_results
 from jtm.fileio import atomic_path, load_json, write_json_atomic
-from jtm.pipelines.evaluate import evaluate_run, headline_metric
-from jtm.training.downstream import DownstreamConfig, run_downstream
+from jtm.models.config import CPCConfig
+from jtm.models.cpc import CPCEncoder
+from jtm.models.downstream import is_frame_task, load_frontend_source
+from jtm.models.logmel import LogMel
+from jtm.pipelines.arms import EndToEnd, FrozenProbe, TaskView
+from jtm.pipelines.evaluate import headline_metric, score_classification, score_frames, track_labels
+from jtm.pipelines.features import FeatureCache
+from jtm.training.downstream import frame_roll, labelled_tracks, positive_weight, task_data
+from jtm.training.selection import Budget, train_selected
 
 
 @dataclass(frozen=True)
@@ -46,6 +69,10 @@ class Method:
     encoder: str  # 'pretrained', 'random', 'logmel' or 'supervised'
     probe: str
     finetune: bool = False
+
+    @property
+    def trains_encoder(self) -> bool:
+        return self.finetune or self.encoder == "supervised"
 
 
 METHODS: dict[str, Method] = {
@@ -58,9 +85,92 @@ METHODS: dict[str, Method] = {
     "supervised": Method("supervised", "linear"),
 }
 
-# Scalar keys of metrics.json that describe the cell rather than score it.
-_DESCRIPTIVE = {"encoder", "probe", "finetune", "features", "label_fraction", "split", "task", "headline_metric",
-                "headline", "max_seconds", "context_frames", "seconds", "n_tracks"}
+
+@dataclass
+class StudyConfig:
+    """Everything a study depends on; saved as ``DIR/study.json``."""
+
+    data: str
+    out: str
+    pretrained: str | None = None
+    """A CPC pretraining run (or encoder/): probed, fine-tuned, and the architecture of random/supervised."""
+    tasks: tuple[str, ...] = ("transcription",)
+    fractions: tuple[float, ...] = (0.1, 1.0)
+    methods: tuple[str, ...] = tuple(METHODS)
+    seeds: int = 3
+    seed: int = 0
+    """Base seed: the validation hold-out; repeat k uses seed + k for its subset, initialisation and order."""
+    steps: int = 500
+    eval_every: int = 50
+    patience: int = 4
+    probe_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    """Learning-rate grid of the probes on frozen features."""
+    encoder_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    """Learning-rate grid of the arms that train an encoder (fine-tuning: the encoder runs at a tenth)."""
+    batch_size: int = 8
+    window: int = 20480
+    features: str = "context"
+    """CPC layer the frozen probes read: context, encoder, or both (concatenated)."""
+    hidden: int = 512
+    dropout: float = 0.2
+    val_fraction: float = 0.15
+    max_val_seconds: float | None = 30.0
+    """Seconds of each validation recording scored for selection and the threshold (None: all)."""
+    max_eval_seconds: float | None = None
+    """Seconds of each test recording scored (None: all)."""
+    threads: int | None = None
+
+    MACHINE_KEYS = ("threads", "out", "data")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise JTMError(f"unknown study setting(s): {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def validate(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise JTMError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        if self.pretrained is None and any(METHODS[m].encoder == "pretrained" for m in self.methods):
+            needs = [m for m in self.methods if METHODS[m].encoder == "pretrained"]
+            raise JTMError(f"methods {', '.join(needs)} need --pretrained RUN (a CPC pretraining run or its encoder/)")
+        if not self.tasks:
+            raise JTMError("no task given")
+        for f in self.fractions:
+            if not 0.0 < float(f) <= 1.0:
+                raise JTMError(f"label fractions must lie in (0, 1], got {f}")
+        if self.seeds < 1 or self.steps < 1 or self.eval_every < 1 or self.patience < 0:
+            raise JTMError("--seeds, --steps and --eval-every must be at least 1, --patience at least 0")
+        if not self.probe_lrs or not self.encoder_lrs or min(self.probe_lrs + self.encoder_lrs) <= 0:
+            raise JTMError("learning-rate grids must be non-empty and positive")
+        if self.features not in ("context", "encoder", "both"):
+            raise JTMError(f"--features must be context, encoder or both, not {self.features!r}")
+        if self.window % 160 or self.window < 320:
+            raise JTMError(f"--window ({self.window}) must be a multiple of 160 samples, at least 320")
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.steps, self.eval_every, self.patience)
+
+    def cell_config(self, task: str, method: str, fraction: float, repeat: int) -> dict[str, Any]:
+        """What one cell's result depends on (compared on a re-run)."""
+        spec = METHODS[method]
+        lrs = self.encoder_lrs if spec.trains_encoder else self.probe_lrs
+        keep = ("pretrained", "seed", "steps", "eval_every", "patience", "batch_size", "window", "val_fraction",
+                "max_val_seconds", "max_eval_seconds")
+        d = {k: getattr(self, k) for k in keep}
+        if spec.probe == "mlp":
+            d.update(hidden=self.hidden, dropout=self.dropout)
+        if spec.encoder in ("pretrained", "random") and not spec.trains_encoder:
+            d["features"] = self.features
+        return {"task": task, "method": method, "fraction": float(fraction), "repeat": repeat,
+                "lrs": list(lrs), **d}
 
 
 def fraction_dir(fraction: float) -> str:
@@ -76,143 +186,265 @@ def parse_list(text: str | Sequence[Any] | None, kind: Callable[[str], Any] = st
     return [kind(str(i).strip()) for i in items if str(i).strip()]
 
 
-def _row(task: str, method: str, fraction: float, metrics: dict[str, Any], cell: Path,
-         train_seconds: float | None, eval_seconds: float | None) -> dict[str, Any]:
-    """One results row: identifiers, headline, then every scalar metric of ``metrics.json``."""
+# ------------------------------------------------------------------------------------------- one cell
+
+
+class _Frontends:
+    """The study's front ends and their feature caches, built once and shared by every cell."""
+
+    def __init__(self, cfg: StudyConfig, store: Store, out: Path) -> None:
+        self.cfg, self.store, self.cache_root = cfg, store, out / "cache"
+        self.pretrained = None if cfg.pretrained is None else load_frontend_source(cfg.pretrained).eval()
+        self.architecture = self.pretrained.config if self.pretrained is not None else CPCConfig()
+        self._caches: dict[str, FeatureCache] = {}
+
+    def encoder(self, kind: str) -> CPCEncoder:
+        if kind == "pretrained":
+            assert self.pretrained is not None
+            return self.pretrained
+        import torch
+
+        torch.manual_seed(self.cfg.seed)  # the random arm: one fixed draw of the architecture, like a checkpoint
+        return CPCEncoder(self.architecture).eval()
+
+    def cache(self, kind: str) -> FeatureCache:
+        if kind not in self._caches:
+            if kind == "logmel":
+                frontend: CPCEncoder | LogMel = LogMel()
+                layer = "encoder"
+            else:
+                frontend, layer = self.encoder(kind), self.cfg.features
+            self._caches[kind] = FeatureCache(self.cache_root, self.store, frontend, layer, name=kind)
+        return self._caches[kind]
+
+
+def _task_view(cfg: StudyConfig, store: Store, task: str, fraction: float, repeat: int) -> TaskView:
+    data = task_data(store, task, fraction, cfg.seed, cfg.val_fraction, subset_seed=cfg.seed + repeat)
+    pos_weight = positive_weight(store, data.splits.train, task, 100.0) if is_frame_task(task) else 1.0
+    return TaskView(store, task, data, cfg.window, cfg.batch_size, pos_weight)
+
+
+def _validation_score(arm: Any, model: Any, view: TaskView, truths: list[np.ndarray], max_seconds: float | None
+                      ) -> float:
+    """Frame AP (frame tasks) or window accuracy (classification) on the validation recordings."""
+    outputs = arm.predict(model, view.data.splits.val, max_seconds)
+    if view.frame_task:
+        return ranking_average_precision(np.concatenate(truths), np.concatenate(outputs))
+    hits = [(o.argmax(1) == y).mean() for o, y in zip(outputs, truths)]
+    counts = [len(o) for o in outputs]
+    return float(np.average(hits, weights=counts))
+
+
+def _validation_truth(view: TaskView, max_seconds: float | None) -> list[np.ndarray]:
+    val = view.data.splits.val
+    if view.frame_task:
+        limit = None if max_seconds is None else int(max_seconds * 100)
+        return [frame_roll(view.store, int(t), view.task)[:limit] for t in val]
+    return list(track_labels(view.store, val, view.task, view.data.classes or []))
+
+
+def run_cell(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, fraction: float, repeat: int,
+             lr_choice: float | None, cell: Path) -> dict[str, Any]:
+    """Train (over the learning-rate grid, or at ``lr_choice``), select on validation, score on test."""
+    spec = METHODS[method]
+    view = _task_view(cfg, fronts.store, task, fraction, repeat)
+    if len(view.data.splits.val) == 0:
+        raise JTMError(f"{fronts.store.path}: no validation recording for {task!r}; the study needs one to select "
+                       "models (more recordings, or a larger --val-fraction)")
+    if spec.trains_encoder:
+        arm: Any = EndToEnd(view, fronts.encoder("pretrained" if spec.finetune else "random"), spec.finetune)
+    else:
+        arm = FrozenProbe(view, fronts.cache(spec.encoder), spec.probe, cfg.hidden, cfg.dropout)
+    lrs = [lr_choice] if lr_choice is not None else list(cfg.encoder_lrs if spec.trains_encoder else cfg.probe_lrs)
+    val_truth = _validation_truth(view, cfg.max_val_seconds)
+    seed = cfg.seed + repeat
+    tried: dict[str, float] = {}
+    best = None
+    for lr in lrs:
+        model, optimizer = arm.build(seed, lr)
+        selected = train_selected(model, optimizer, arm.batches(seed), lambda b: arm.loss(model, b),
+                                  lambda: _validation_score(arm, model, view, val_truth, cfg.max_val_seconds),
+                                  cfg.budget)
+        tried[f"{lr:g}"] = selected.val_score
+        if best is None or selected.val_score > best[1].val_score or math.isnan(best[1].val_score):
+            best = (lr, selected, model)
+    assert best is not None
+    lr, selected, model = best
+    return _score_cell(cfg, arm, model, view, cell, lr, selected, tried, val_truth)
+
+
+def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Path, lr: float, selected: Any,
+                tried: dict[str, float], val_truth: list[np.ndarray]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    test = view.data.splits.test
+    outputs = arm.predict(model, test, cfg.max_eval_seconds)
+    threshold = None
+    if view.frame_task:
+        val_probs = arm.predict(model, view.data.splits.val, cfg.max_val_seconds)
+        pitch = [_pitch_view(p, view.task) for p in val_probs]
+        truth = [_pitch_view(t, view.task) for t in val_truth]
+        threshold = tune_threshold(np.concatenate(truth), np.concatenate(pitch))
+        metrics = score_frames(view.store, test, view.task, outputs, threshold, cell)
+    else:
+        metrics = score_classification(view.store, test, view.task, view.data.classes or [], outputs, cell)
+    exported = arm.export(model)
+    exported.threshold = threshold
+    exported.save_pretrained(cell / "model")
+    ids = view.store.tracks["id"].astype(str).to_numpy()
+    splits = view.data.splits
+    write_json_atomic(cell / "splits.json", {k: ids[getattr(splits, k)].tolist()
+                                             for k in ("train", "train_pool", "val", "test")})
+    return {"lr": lr, "lrs_tried": tried, "val_score": selected.val_score, "best_step": selected.best_step,
+            "steps": selected.steps, "curve": selected.curve, "train_seconds": round(selected.seconds, 3),
+            "eval_seconds": round(time.perf_counter() - t0, 3), "threshold": threshold,
+            "n_train_tracks": int(len(splits.train)), "n_val": int(len(splits.val)), "n_test": int(len(test)),
+            "metrics": metrics}
+
+
+def _pitch_view(roll: np.ndarray, task: str) -> np.ndarray:
+    """The (F, 128) pitch projection a frame threshold applies to (max over instruments for pitch-instrument)."""
+    return roll.reshape(len(roll), 11, -1).max(axis=1) if task == "pitch-instrument" else roll
+
+
+# ------------------------------------------------------------------------------------------- the study
+
+
+def _check_study_folder(cfg: StudyConfig, out: Path) -> None:
+    path = out / "study.json"
+    if path.is_file():
+        old = load_json(path)
+        ignore = set(StudyConfig.MACHINE_KEYS) | {"tasks", "fractions", "methods", "seeds"}
+        changed = sorted(k for k in set(old) | set(cfg.to_dict()) if k not in ignore
+                         and old.get(k) != cfg.to_dict().get(k))
+        if changed:
+            raise JTMError(f"{path}: this study was made with a different configuration ({', '.join(changed)} "
+                           "differ); use a new --out, or delete the folder to start over")
+
+
+def _row(task: str, method: str, fraction: float, repeat: int, cfg: StudyConfig, result: dict[str, Any],
+         cell: Path) -> dict[str, Any]:
     name = headline_metric(task)
-    row: dict[str, Any] = {"task": task, "method": method, "fraction": float(fraction),
+    metrics = result["metrics"]
+    row: dict[str, Any] = {"task": task, "method": method, "fraction": float(fraction), "seed": cfg.seed + repeat,
                            "headline_metric": name, "headline": metrics.get(name)}
+    for key in ("val_score", "lr", "best_step", "steps", "train_seconds", "eval_seconds", "n_train_tracks",
+                "n_val", "n_test"):
+        row[key] = result.get(key)
     for key, value in metrics.items():
-        if key in _DESCRIPTIVE or isinstance(value, (dict, list, str, bool)):
-            continue
-        row[key] = value
-    run = load_json(cell / "run.json") if (cell / "run.json").is_file() else {}
-    row.update({"n_test": metrics.get("n_tracks"), "seed": run.get("seed"), "epochs": run.get("epochs"),
-                "train_seconds": train_seconds, "eval_seconds": eval_seconds, "run": str(cell)})
-    splits = cell / "splits.json"
-    if splits.is_file():
-        s = load_json(splits)
-        row["n_train_tracks"] = len(s.get("train", []))
-        row["n_val"] = len(s.get("val", []))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in row:
+            row[key] = value
+    row["run"] = str(cell)
     return row
 
 
-def _write_results(out: Path, rows: list[dict[str, Any]], full: list[dict[str, Any]]) -> pd.DataFrame:
+def _chance_rows(cfg: StudyConfig, store: Store) -> list[dict[str, Any]]:
+    """A constant predictor per (task, fraction): frame AP = the positive rate of the test frames; majority
+    accuracy = the share of test windows whose class is the most common class of the training recordings."""
+    rows = []
+    for task in cfg.tasks:
+        test = labelled_tracks(store, task, "test")
+        if is_frame_task(task):
+            limit = None if cfg.max_eval_seconds is None else int(cfg.max_eval_seconds * 100)
+            pos = total = 0
+            for t in test:
+                roll = _pitch_view(frame_roll(store, int(t), task)[:limit], task)
+                pos, total = pos + int(roll.sum()), total + roll.size
+            value = pos / max(total, 1)
+        else:
+            data = task_data(store, task, 1.0, cfg.seed, cfg.val_fraction)
+            majority = np.bincount(data.class_of_track[data.splits.train_pool]).argmax()
+            windows = np.maximum(store.lengths[test] // cfg.window, 1)
+            value = float(windows[data.class_of_track[test] == majority].sum() / windows.sum())
+        rows.extend(chance_row(task, f, headline_metric(task), value) for f in cfg.fractions)
+    return rows
+
+
+def _write_tables(out: Path, cfg: StudyConfig, store: Store, rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     with atomic_path(out / "results.csv") as tmp:
         df.to_csv(tmp, index=False)
-    write_json_atomic(out / "results.json", [_json_safe(r) for r in full])
+    summary = pd.concat([summarize_results(df), pd.DataFrame(_chance_rows(cfg, store))], ignore_index=True)
+    with atomic_path(out / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
     return df
+
+
+def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run (or complete) the study; return the results table (one row per task, method, fraction, seed)."""
+    import torch
+
+    from jtm.pipelines.environment import environment_info, usable_cpus
+
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_study_folder(cfg, out)
+    torch.set_num_threads(int(cfg.threads or usable_cpus()))
+    write_json_atomic(out / "study.json", cfg.to_dict())
+    write_json_atomic(out / "environment.json", environment_info())
+    store = Store.open(cfg.data)
+    fronts = _Frontends(cfg, store, out)
+    cells = [(t, m, float(f)) for t in cfg.tasks for m in cfg.methods for f in sorted(cfg.fractions)]
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for k, (task, method, fraction) in enumerate(cells, start=1):
+        lr_choice = None
+        for repeat in range(cfg.seeds):
+            cell = out / task / method / fraction_dir(fraction) / f"seed{cfg.seed + repeat}"
+            label = f"[{k}/{len(cells)}] {task} {method} f={fraction:g} seed {cfg.seed + repeat}"
+            result, status = _cell_result(cfg, fronts, task, method, fraction, repeat, lr_choice, cell)
+            lr_choice = result["lr"]
+            rows.append(_row(task, method, fraction, repeat, cfg, result, cell))
+            _write_tables(out, cfg, store, rows)
+            value = rows[-1]["headline"]
+            shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+            log(f"{label}: {rows[-1]['headline_metric']}={shown} lr={result['lr']:g} step {result['best_step']}"
+                f"/{result['steps']} ({status}; {time.perf_counter() - started:.0f} s elapsed)")
+    df = pd.DataFrame(rows)
+    summary = pd.read_csv(out / "summary.csv")
+    for task in cfg.tasks:
+        sub = df[df["task"] == task]
+        if sub["headline"].notna().any():
+            chance = summary[(summary["task"] == task) & (summary["method"] == "chance")]
+            plot_label_efficiency(sub, out / f"label_efficiency_{_safe(task)}.png", metric_name=headline_metric(task),
+                                  value_column="headline", title=f"{task}: label efficiency", chance=chance)
+    log(f"study done: {len(rows)} runs in {time.perf_counter() - started:.0f} s; results in {out / 'summary.csv'}")
+    return df
+
+
+def _cell_result(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, fraction: float, repeat: int,
+                 lr_choice: float | None, cell: Path) -> tuple[dict[str, Any], str]:
+    """The cell's result: reused when finished with the same configuration, else computed and saved."""
+    config = cfg.cell_config(task, method, fraction, repeat)
+    path = cell / "cell.json"
+    if path.is_file():
+        saved = load_json(path)
+        if saved.get("config") == config:
+            return saved["result"], "done earlier, reused"
+        changed = sorted(k for k in set(config) | set(saved.get("config", {}))
+                         if config.get(k) != saved.get("config", {}).get(k))
+        raise JTMError(f"{path}: this cell was computed with another configuration ({', '.join(changed)} differ); "
+                       "delete the cell folder (or use a new --out) to recompute it")
+    cell.mkdir(parents=True, exist_ok=True)
+    result = run_cell(cfg, fronts, task, method, fraction, repeat, lr_choice, cell)
+    write_json_atomic(cell / "metrics.json", _json_safe({"task": task, "split": "test",
+                                                         "headline_metric": headline_metric(task),
+                                                         "headline": result["metrics"].get(headline_metric(task)),
+                                                         **result["metrics"]}))
+    write_json_atomic(path, _json_safe({"config": config, "result": result}))
+    return load_json(path)["result"], f"trained {result['train_seconds']:.1f} s, scored {result['eval_seconds']:.1f} s"
 
 
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
         return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
     return obj
-
-
-def run_study(
-    data: str | Path,
-    out: str | Path,
-    *,
-    pretrained: str | Path | None = None,
-    tasks: Sequence[str] = ("transcription",),
-    fractions: Sequence[float] = (0.01, 0.1, 1.0),
-    methods: Sequence[str] | None = None,
-    epochs: int = 10,
-    finetune_epochs: int | None = None,
-    batch_size: int = 8,
-    window: int = 20480,
-    lr: float = 1e-3,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    limit_train_batches: int | float | None = None,
-    limit_val_batches: int | float | None = None,
-    max_eval_seconds: float | None = None,
-    tune_max_seconds: float | None = None,
-    class_weights: bool = False,
-    hidden: int = 512,
-    max_memory_gb: float | None = None,
-    threads: int | None = None,
-    progress: bool = False,
-    log: Callable[[str], None] = print,
-) -> pd.DataFrame:
-    """Run (or complete) the study; return the results table (one row per task, method, fraction).
-
-    ``progress`` shows the per-run Lightning bars; ``log`` receives one line per cell (with elapsed time) and
-    an overall counter. Per-cell cost is bounded by ``epochs``, ``limit_train_batches``, ``limit_val_batches``,
-    ``max_eval_seconds`` (seconds of each test recording) and ``tune_max_seconds`` (of each validation
-    recording, for the threshold). ``finetune_epochs`` (default ``epochs``) applies to cpc-finetune and
-    supervised, the arms that train an encoder.
-    """
-    out = Path(out)
-    methods = list(METHODS) if not methods else list(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise JTMError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    needs_cpc = [m for m in methods if METHODS[m].encoder in ("pretrained", "random", "supervised")]
-    if pretrained is None and any(METHODS[m].encoder == "pretrained" for m in methods):
-        raise JTMError(f"methods {', '.join(m for m in needs_cpc if METHODS[m].encoder == 'pretrained')} "
-                       "need --pretrained RUN (a CPC pretraining run or its encoder/)")
-    fractions = [float(f) for f in fractions]
-    for f in fractions:
-        if not 0.0 < f <= 1.0:
-            raise JTMError(f"label fractions must lie in (0, 1], got {f}")
-    if not tasks:
-        raise JTMError("no task given")
-    out.mkdir(parents=True, exist_ok=True)
-    base = DownstreamConfig(
-        data=str(data), out="", batch_size=batch_size, window=window, lr=lr, seed=seed, val_fraction=val_fraction,
-        limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches, class_weights=class_weights,
-        hidden=hidden, max_memory_gb=max_memory_gb, threads=threads, progress=progress,
-        tune_max_seconds=tune_max_seconds, architecture=None if pretrained is None else str(pretrained),
-    )
-    cells = [(t, m, f) for t in tasks for m in methods for f in sorted(fractions)]
-    rows: list[dict[str, Any]] = []
-    full: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    for k, (task, method, fraction) in enumerate(cells, start=1):
-        spec = METHODS[method]
-        cell = out / task / method / fraction_dir(fraction)
-        label = f"[{k}/{len(cells)}] {task} {method} f={fraction:g}"
-        t0 = time.perf_counter()
-        train_s = eval_s = None
-        if (cell / "metrics.json").is_file():
-            metrics = load_json(cell / "metrics.json")
-            status = "done earlier, skipped"
-        else:
-            trains_encoder = spec.finetune or spec.encoder == "supervised"
-            cfg = dataclasses.replace(
-                base, out=str(cell), task=task, probe=spec.probe, finetune=spec.finetune, label_fraction=fraction,
-                encoder=str(pretrained) if spec.encoder == "pretrained" else spec.encoder,
-                architecture=base.architecture if spec.encoder in ("random", "supervised") else None,
-                epochs=(finetune_epochs or epochs) if trains_encoder else epochs,
-            )
-            log(f"{label}: training ...")
-            run_downstream(cfg)
-            train_s = time.perf_counter() - t0
-            metrics = evaluate_run(cell, "test", max_seconds=max_eval_seconds, progress=False)
-            eval_s = time.perf_counter() - t0 - train_s
-            status = f"trained {train_s:.1f} s, evaluated {eval_s:.1f} s"
-        row = _row(task, method, fraction, metrics, cell, train_s, eval_s)
-        rows.append(row)
-        full.append({**{k: row[k] for k in ("task", "method", "fraction", "headline_metric", "headline", "run")},
-                     "train_seconds": train_s, "eval_seconds": eval_s, "metrics": metrics})
-        df = _write_results(out, rows, full)
-        value = row["headline"]
-        shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-        log(f"{label}: {row['headline_metric']}={shown} ({status}; {time.perf_counter() - started:.0f} s elapsed)")
-    for task in tasks:
-        sub = df[df["task"] == task]
-        if sub["headline"].notna().any():
-            plot_label_efficiency(sub, out / f"label_efficiency_{_safe(task)}.png", metric_name=headline_metric(task),
-                                  value_column="headline", title=f"{task}: label efficiency")
-    log(f"study done: {len(cells)} cells in {time.perf_counter() - started:.0f} s; results in {out / 'results.csv'}")
-    return df
 
 
 def _safe(name: str) -> str:
