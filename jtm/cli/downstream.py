@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from jtm.cli.app import Layer, app
+from jtm.cli.pretrain import is_global_zero
 
 
 class Probe(str, Enum):
@@ -76,6 +77,8 @@ def downstream(
         accelerator=accelerator, devices=_devices(devices), threads=threads, progress=progress,
     )
     summary = run_downstream(cfg)
+    if not is_global_zero():
+        return  # under DDP every process runs this command; one report is enough
     if summary.get("skipped"):
         typer.echo(f"{out}: already finished (delete {out / 'model'} to retrain); next: jtm evaluate {out}")
     typer.echo(json.dumps({k: v for k, v in summary.items() if not k.endswith("_step")}, default=str))
@@ -101,44 +104,60 @@ def evaluate(
     typer.echo(f"written: {run / 'metrics.json'}")
 
 
+def _study_default(name: str):
+    """The default of a :class:`StudyConfig` field, so each default is written once, in the dataclass."""
+    from jtm.pipelines.study_config import StudyConfig
+
+    value = StudyConfig.__dataclass_fields__[name].default
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, tuple) else value
+
+
 @app.command("study")
 def study(
     data: Path = typer.Option(..., help="A prepared store with labels."),
-    out: Path = typer.Option(..., help="Study folder; a re-run skips finished cells."),
-    pretrained: Optional[Path] = typer.Option(None, help="The CPC pretraining RUN (or encoder/) to probe."),
-    task: Optional[str] = typer.Option(None, help="One task (shorthand for --tasks)."),
-    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks, e.g. transcription,ensemble "
-                                        "(default: transcription)."),
-    fractions: str = typer.Option("0.01,0.1,1.0", help="Comma-separated label fractions."),
-    methods: Optional[str] = typer.Option(None, help="Comma-separated subset of: random-linear, logmel-linear, "
-                                          "logmel-mlp, cpc-linear, cpc-mlp, cpc-finetune, supervised (default: all)."),
-    epochs: int = typer.Option(10, help="Training epochs per cell."),
-    finetune_epochs: Optional[int] = typer.Option(None, help="Epochs for cpc-finetune and supervised (default: --epochs)."),
-    batch_size: int = typer.Option(8, help="Windows per batch."),
-    window: int = typer.Option(20480, help="Window length in samples at 16 kHz."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate of the probes."),
-    seed: int = typer.Option(0, help="Seed of subsets, hold-out and initialisation."),
-    val_fraction: float = typer.Option(0.1, help="Training recordings held out for validation."),
-    limit_train_batches: Optional[int] = typer.Option(None, help="Cap training batches per epoch of every cell."),
-    limit_val_batches: Optional[int] = typer.Option(None, help="Cap validation batches per epoch of every cell."),
+    out: Path = typer.Option(..., help="Study folder; a re-run reuses finished cells whose configuration is unchanged."),
+    pretrained: Optional[Path] = typer.Option(None, help="The CPC pretraining RUN (or encoder/) to probe and fine-tune; "
+                                              "the random and from-scratch arms copy its architecture."),
+    tasks: str = typer.Option(_study_default("tasks"), help="Comma-separated tasks, e.g. transcription,ensemble."),
+    fractions: str = typer.Option(_study_default("fractions"), help="Comma-separated label fractions."),
+    methods: str = typer.Option(_study_default("methods"), help="Comma-separated arms: random-linear, logmel-linear, "
+                                "logmel-mlp, cpc-linear, cpc-mlp, cpc-finetune, supervised."),
+    seeds: int = typer.Option(_study_default("seeds"), help="Repeats per cell, each with its own label subset."),
+    seed: int = typer.Option(_study_default("seed"), help="Base seed (validation hold-out; repeat k uses seed + k)."),
+    steps: int = typer.Option(_study_default("steps"), help="Optimizer steps of every run, at every label fraction."),
+    eval_every: int = typer.Option(_study_default("eval_every"), help="Validate every N steps; the best is kept."),
+    patience: int = typer.Option(_study_default("patience"), help="Stop after N validations without improvement "
+                                 "(0: never)."),
+    probe_lrs: str = typer.Option(_study_default("probe_lrs"), help="Learning-rate grid of the frozen-feature probes."),
+    encoder_lrs: str = typer.Option(_study_default("encoder_lrs"), help="Learning-rate grid of the arms that train an "
+                                    "encoder (fine-tuning runs the encoder at a tenth)."),
+    batch_size: int = typer.Option(_study_default("batch_size"), help="Windows per batch."),
+    window: int = typer.Option(_study_default("window"), help="Window length in samples at 16 kHz."),
+    features: str = typer.Option(_study_default("features"), help="CPC layer of the frozen probes: context, encoder "
+                                 "or both."),
+    hidden: int = typer.Option(_study_default("hidden"), help="Hidden units of the MLP probes."),
+    val_fraction: float = typer.Option(_study_default("val_fraction"), help="Training recordings held out for "
+                                       "validation (selection and thresholds)."),
+    max_val_seconds: Optional[float] = typer.Option(_study_default("max_val_seconds"), help="Seconds of each "
+                                                    "validation recording scored."),
     max_eval_seconds: Optional[float] = typer.Option(None, help="Score only the first N seconds of each test recording."),
-    tune_max_seconds: Optional[float] = typer.Option(None, help="Tune thresholds on at most N s per validation recording."),
-    class_weights: bool = typer.Option(False, help="Inverse-frequency class weights for classification."),
-    max_memory_gb: Optional[float] = typer.Option(None, help="Budget of audio held in memory (GB)."),
-    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
-    progress: bool = typer.Option(False, help="Show each run's progress bar (a line per cell is always printed)."),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: the usable cores)."),
 ) -> None:
-    """Label efficiency: every task x fraction x method as a downstream run, evaluated; results.csv/json + plots."""
+    """Label efficiency: every task x method x fraction x seed, at an equal step budget, with the learning rate and
+    the checkpoint chosen on validation; results.csv, summary.csv (mean, 95 % CI, min-max, chance) and plots."""
     from jtm.pipelines.study import parse_list, run_study
+    from jtm.pipelines.study_config import StudyConfig
 
-    chosen = parse_list(tasks) or ([task] if task else ["transcription"])
-    df = run_study(
-        data, out, pretrained=pretrained, tasks=chosen, fractions=parse_list(fractions, float),
-        methods=parse_list(methods) or None, epochs=epochs, finetune_epochs=finetune_epochs, batch_size=batch_size,
-        window=window, lr=lr, seed=seed, val_fraction=val_fraction, limit_train_batches=limit_train_batches,
-        limit_val_batches=limit_val_batches, max_eval_seconds=max_eval_seconds, tune_max_seconds=tune_max_seconds,
-        class_weights=class_weights, max_memory_gb=max_memory_gb, threads=threads, progress=progress,
-        log=typer.echo,
+    cfg = StudyConfig(
+        data=str(data), out=str(out), pretrained=None if pretrained is None else str(pretrained),
+        tasks=tuple(parse_list(tasks)), fractions=tuple(parse_list(fractions, float)),
+        methods=tuple(parse_list(methods)), seeds=seeds, seed=seed, steps=steps, eval_every=eval_every,
+        patience=patience, probe_lrs=tuple(parse_list(probe_lrs, float)),
+        encoder_lrs=tuple(parse_list(encoder_lrs, float)), batch_size=batch_size, window=window, features=features,
+        hidden=hidden, val_fraction=val_fraction, max_val_seconds=max_val_seconds, max_eval_seconds=max_eval_seconds,
+        threads=threads,
     )
-    shown = df[["task", "method", "fraction", "headline_metric", "headline"]]
-    typer.echo(shown.to_string(index=False))
+    run_study(cfg, log=typer.echo)
+    from jtm.pipelines.demo import results_table
+
+    typer.echo(results_table(out / "summary.csv"))

@@ -35,10 +35,8 @@ when its configuration is unchanged; a changed one is refused, or re-run with ``
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,118 +57,8 @@ from jtm.pipelines.arms import EndToEnd, FrozenProbe, TaskView
 from jtm.pipelines.evaluate import headline_metric, score_classification, score_frames, track_labels
 from jtm.pipelines.features import FeatureCache
 from jtm.training.downstream import frame_roll, labelled_tracks, positive_weight, task_data
-from jtm.training.selection import Budget, train_selected
-
-
-@dataclass(frozen=True)
-class Method:
-    """A study arm: which front end, which probe, fine-tuned or not."""
-
-    encoder: str  # 'pretrained', 'random', 'logmel' or 'supervised'
-    probe: str
-    finetune: bool = False
-
-    @property
-    def trains_encoder(self) -> bool:
-        return self.finetune or self.encoder == "supervised"
-
-
-METHODS: dict[str, Method] = {
-    "random-linear": Method("random", "linear"),
-    "logmel-linear": Method("logmel", "linear"),
-    "logmel-mlp": Method("logmel", "mlp"),
-    "cpc-linear": Method("pretrained", "linear"),
-    "cpc-mlp": Method("pretrained", "mlp"),
-    "cpc-finetune": Method("pretrained", "linear", finetune=True),
-    "supervised": Method("supervised", "linear"),
-}
-
-
-@dataclass
-class StudyConfig:
-    """Everything a study depends on; saved as ``DIR/study.json``."""
-
-    data: str
-    out: str
-    pretrained: str | None = None
-    """A CPC pretraining run (or encoder/): probed, fine-tuned, and the architecture of random/supervised."""
-    tasks: tuple[str, ...] = ("transcription",)
-    fractions: tuple[float, ...] = (0.1, 1.0)
-    methods: tuple[str, ...] = tuple(METHODS)
-    seeds: int = 3
-    seed: int = 0
-    """Base seed: the validation hold-out; repeat k uses seed + k for its subset, initialisation and order."""
-    steps: int = 500
-    eval_every: int = 50
-    patience: int = 4
-    probe_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
-    """Learning-rate grid of the probes on frozen features."""
-    encoder_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
-    """Learning-rate grid of the arms that train an encoder (fine-tuning: the encoder runs at a tenth)."""
-    batch_size: int = 8
-    window: int = 20480
-    features: str = "context"
-    """CPC layer the frozen probes read: context, encoder, or both (concatenated)."""
-    hidden: int = 512
-    dropout: float = 0.2
-    val_fraction: float = 0.15
-    max_val_seconds: float | None = 30.0
-    """Seconds of each validation recording scored for selection and the threshold (None: all)."""
-    max_eval_seconds: float | None = None
-    """Seconds of each test recording scored (None: all)."""
-    threads: int | None = None
-
-    MACHINE_KEYS = ("threads", "out", "data")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise JTMError(f"unknown study setting(s): {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-    def validate(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise JTMError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-        if self.pretrained is None and any(METHODS[m].encoder == "pretrained" for m in self.methods):
-            needs = [m for m in self.methods if METHODS[m].encoder == "pretrained"]
-            raise JTMError(f"methods {', '.join(needs)} need --pretrained RUN (a CPC pretraining run or its encoder/)")
-        if not self.tasks:
-            raise JTMError("no task given")
-        for f in self.fractions:
-            if not 0.0 < float(f) <= 1.0:
-                raise JTMError(f"label fractions must lie in (0, 1], got {f}")
-        if self.seeds < 1 or self.steps < 1 or self.eval_every < 1 or self.patience < 0:
-            raise JTMError("--seeds, --steps and --eval-every must be at least 1, --patience at least 0")
-        if not self.probe_lrs or not self.encoder_lrs or min(self.probe_lrs + self.encoder_lrs) <= 0:
-            raise JTMError("learning-rate grids must be non-empty and positive")
-        if self.features not in ("context", "encoder", "both"):
-            raise JTMError(f"--features must be context, encoder or both, not {self.features!r}")
-        if self.window % 160 or self.window < 320:
-            raise JTMError(f"--window ({self.window}) must be a multiple of 160 samples, at least 320")
-
-    @property
-    def budget(self) -> Budget:
-        return Budget(self.steps, self.eval_every, self.patience)
-
-    def cell_config(self, task: str, method: str, fraction: float, repeat: int) -> dict[str, Any]:
-        """What one cell's result depends on (compared on a re-run)."""
-        spec = METHODS[method]
-        lrs = self.encoder_lrs if spec.trains_encoder else self.probe_lrs
-        keep = ("pretrained", "seed", "steps", "eval_every", "patience", "batch_size", "window", "val_fraction",
-                "max_val_seconds", "max_eval_seconds")
-        d = {k: getattr(self, k) for k in keep}
-        if spec.probe == "mlp":
-            d.update(hidden=self.hidden, dropout=self.dropout)
-        if spec.encoder in ("pretrained", "random") and not spec.trains_encoder:
-            d["features"] = self.features
-        return {"task": task, "method": method, "fraction": float(fraction), "repeat": repeat,
-                "lrs": list(lrs), **d}
+from jtm.pipelines.study_config import METHODS, Method, StudyConfig
+from jtm.training.selection import train_selected
 
 
 def fraction_dir(fraction: float) -> str:
