@@ -41,6 +41,13 @@ def _devices(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
+def is_global_zero() -> bool:
+    """Whether this is the process that reports: rank 0 of a distributed run (set by Lightning), or the only one."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 @app.command("pretrain")
 def pretrain(
     data: Path = typer.Option(..., help="A prepared store (jtm data prepare)."),
@@ -103,6 +110,8 @@ def pretrain(
     if sampling == Sampling.samecategory and not labels_by:
         raise typer.BadParameter("--sampling samecategory needs --labels-by COLUMN (e.g. ensemble)")
     metrics = run_pretrain(cfg)
+    if not is_global_zero():
+        return  # under DDP every process runs this command; one report is enough
     accs = [metrics.get(f"val/acc_k{k}", metrics.get(f"train/acc_k{k}_epoch")) for k in range(1, predict_steps + 1)]
     typer.echo(json.dumps({"out": str(out), "encoder": str(out / "encoder"),
                            "acc_per_step": [None if a is None else round(a, 4) for a in accs]}))

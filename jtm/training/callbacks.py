@@ -27,7 +27,8 @@ class SetEpoch(pl.Callback):
         # epoch restarts at the next epoch's beginning, which on_train_epoch_start handles.
         done = epoch_loop.batch_progress.current.processed if epoch_loop.restarting else 0
         if 0 < done < len(dataset):
-            print(f"resuming epoch {trainer.current_epoch} after batch {done} of {len(dataset)}")
+            if trainer.is_global_zero:
+                print(f"resuming epoch {trainer.current_epoch} after batch {done} of {len(dataset)}")
             dataset.skip_batches(done)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -233,13 +233,22 @@ def class_weight_vector(store: Store, tracks: np.ndarray, class_of_track: np.nda
 
 
 class DownstreamData(pl.LightningDataModule):
-    """Windows of the label subset for training; windows of the validation recordings for the logged loss."""
+    """Windows of the label subset for training; windows of the validation recordings for the logged loss.
+
+    The loaders are built when Lightning asks for them, after it has set up the processes, so that under DDP
+    each rank takes its own share of the batches (built earlier, every rank would see rank 0 of 1).
+    """
 
     def __init__(self, cfg: DownstreamConfig, store: Store, data: TaskData) -> None:
         super().__init__()
         self.cfg, self.store, self.data = cfg, store, data
+        # A throwaway single-process loader, so that a bad budget fails before any Lightning set-up.
+        self._windows(data.splits.train, train=True, drop_last=False, rank=0, world_size=1)
 
-    def _windows(self, tracks: np.ndarray, train: bool, drop_last: bool) -> WindowBatches:
+    def _windows(self, tracks: np.ndarray, train: bool, drop_last: bool, rank: int | None = None,
+                 world_size: int | None = None) -> WindowBatches:
+        if rank is None and self.trainer is not None:
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size  # the process group's
         cfg = self.cfg
         budget = None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 1024**3)
         labels = cfg.task if is_frame_task(cfg.task) else None  # class codes come from TaskData, see the module
@@ -247,6 +256,7 @@ class DownstreamData(pl.LightningDataModule):
             self.store, tracks, window=cfg.window, batch_size=cfg.batch_size,
             sampling=cfg.sampling if train else "sequential", max_memory_bytes=budget,
             seed=cfg.seed if train else cfg.seed + 10_000, random_offset=train, drop_last=drop_last, labels=labels,
+            rank=rank, world_size=world_size,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -254,6 +264,11 @@ class DownstreamData(pl.LightningDataModule):
         if len(windows) == 0:
             # A small label subset may hold fewer windows than one batch: train on the partial batch.
             windows = self._windows(self.data.splits.train, train=True, drop_last=False)
+        if len(windows) == 0 and windows.plan().batches:
+            raise JTMError(
+                f"{self.cfg.data}: {len(windows.plan().batches)} training batch(es) for {windows.world_size} "
+                f"processes; use fewer --devices or a smaller --batch-size"
+            )
         if len(windows) == 0:
             raise JTMError(
                 f"{self.cfg.data}: the {len(self.data.splits.train)} training recording(s) of this label fraction "

@@ -168,37 +168,61 @@ def lr_factor_schedule(step: int, ramp: int) -> LRFactor:
 
 
 class PretrainData(pl.LightningDataModule):
-    """Windows of a prepared store: a seeded hold-out of recordings for validation, the rest for training."""
+    """Windows of a prepared store: a seeded hold-out of recordings for validation, the rest for training.
+
+    The loaders are built in :meth:`setup`, when Lightning has set up the processes: under DDP each rank then
+    takes its own share of every epoch's batches (see :class:`WindowBatches`). Built any earlier, they would see
+    rank 0 of 1 in every process, and every rank would train on every batch.
+    """
 
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.store = Store.open(cfg.data)
         self.train_idx, self.val_idx = split_tracks(self.store, "train", cfg.val_fraction, cfg.seed)
-        # Built now, not when Lightning asks, so a bad --labels-by or budget fails before any set-up.
-        self.train_windows = self._windows(self.train_idx, train=True)
-        self.val_windows = self._windows(self.val_idx, train=False) if len(self.val_idx) else None
+        # Checked now (throwaway single-process loaders), so a bad --labels-by or budget fails before any set-up.
+        self._windows(self.train_idx, train=True, rank=0, world_size=1)
+        if len(self.val_idx):
+            self._windows(self.val_idx, train=False, rank=0, world_size=1)
+        self.train_windows: WindowBatches | None = None
+        self.val_windows: WindowBatches | None = None
 
-    def _windows(self, tracks: Any, train: bool) -> WindowBatches:
+    def _windows(self, tracks: Any, train: bool, rank: int | None = None,
+                 world_size: int | None = None) -> WindowBatches:
         cfg = self.cfg
         budget = None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 1024**3)
         return WindowBatches(
             self.store, tracks, window=cfg.window, batch_size=cfg.batch_size,
             sampling=cfg.sampling if train else ("sequential" if cfg.sampling == "sequential" else "uniform"),
             labels_by=cfg.labels_by, max_memory_bytes=budget, seed=cfg.seed if train else cfg.seed + 10_000,
-            random_offset=cfg.random_offset and train, drop_last=True,
+            random_offset=cfg.random_offset and train, drop_last=True, rank=rank, world_size=world_size,
         )
 
+    def setup(self, stage: str | None = None) -> None:
+        # The trainer's rank and world size are the process group's; without a trainer, WindowBatches asks
+        # torch.distributed itself.
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (None, None)
+        self.train_windows = self._windows(self.train_idx, train=True, rank=rank, world_size=world)
+        self.val_windows = (self._windows(self.val_idx, train=False, rank=rank, world_size=world)
+                            if len(self.val_idx) else None)
+
     def train_dataloader(self) -> DataLoader:
+        if self.train_windows is None:
+            self.setup("fit")
         windows = self.train_windows
+        assert windows is not None
         if len(windows) == 0:
+            each = f" for each of {windows.world_size} processes" if windows.world_size > 1 else ""
             raise JTMError(
                 f"{self.cfg.data}: no complete training batch of {self.cfg.batch_size} windows of "
-                f"{self.cfg.window} samples; use a smaller --batch-size or --window, or more data"
+                f"{self.cfg.window} samples{each}; use a smaller --batch-size or --window, or more data"
             )
         return ResumableLoader(windows, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader | list:
+        if self.train_windows is None:
+            self.setup("validate")
         windows = self.val_windows
         return DataLoader(windows, batch_size=None, num_workers=0) if windows is not None and len(windows) else []
 
