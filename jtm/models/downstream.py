@@ -44,6 +44,8 @@ ENCODER_FILE_FORMAT = "jtm-cpc-encoder-file"
 HOP = 160
 
 FRAME_TASKS = ("transcription", "pitch-instrument")
+FEATURE_LAYERS = ("context", "encoder", "both")
+"""What a probe reads of a CPC front end: c, z, or both concatenated ([z, c], encoder_dim + context_dim wide)."""
 
 
 def is_frame_task(task: str) -> bool:
@@ -77,8 +79,8 @@ class DownstreamModel(nn.Module):
                  probe_config: dict[str, Any], classes: Sequence[str] | None = None,
                  threshold: float | None = None, frozen: bool = False) -> None:
         super().__init__()
-        if features not in ("context", "encoder"):
-            raise ValueError(f"features must be 'context' or 'encoder', got {features!r}")
+        if features not in FEATURE_LAYERS:
+            raise ValueError(f"features must be one of {FEATURE_LAYERS}, got {features!r}")
         self.frontend = frontend
         self.probe = probe
         self.task = task
@@ -140,7 +142,8 @@ class DownstreamModel(nn.Module):
             return self.frontend(wave)
         if self.features_from == "encoder":
             return self.frontend.encoder(wave)  # skips the context network entirely
-        return self.frontend(wave)[1]
+        z, c = self.frontend(wave)
+        return torch.cat([z, c], dim=-1) if self.features_from == "both" else c
 
     def forward(self, wave: Tensor) -> Tensor:
         """wave (B, T) -> logits (B, F, n_out) for frame tasks, (B, n_out) for classification."""
@@ -292,7 +295,8 @@ def feature_dim(frontend: CPCEncoder | LogMel, features: str) -> int:
     """Width D of the features a probe reads."""
     if isinstance(frontend, LogMel):
         return frontend.dim
-    return frontend.config.context_dim if features == "context" else frontend.config.encoder_dim
+    dims = {"context": frontend.config.context_dim, "encoder": frontend.config.encoder_dim}
+    return dims[features] if features in dims else sum(dims.values())
 
 
 def _probe_from_config(probe_config: dict[str, Any]) -> nn.Module:

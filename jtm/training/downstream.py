@@ -52,7 +52,8 @@ from jtm.evaluation.metrics import tune_threshold
 from jtm.fileio import write_json_atomic
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
-from jtm.models.downstream import (DownstreamModel, is_frame_task, load_frontend_source, pos_weight_from_counts,
+from jtm.models.downstream import (FEATURE_LAYERS, DownstreamModel, is_frame_task, load_frontend_source,
+                                   pos_weight_from_counts,
                                    read_downstream_config)
 from jtm.models.logmel import LogMel
 from jtm.training.callbacks import SetEpoch
@@ -145,8 +146,8 @@ class DownstreamConfig:
     def validate(self) -> None:
         if self.probe not in ("linear", "mlp"):
             raise JTMError(f"--probe must be linear or mlp, not {self.probe!r}")
-        if self.features not in ("context", "encoder"):
-            raise JTMError(f"--features must be context or encoder, not {self.features!r}")
+        if self.features not in FEATURE_LAYERS:
+            raise JTMError(f"--features must be one of {', '.join(FEATURE_LAYERS)}, not {self.features!r}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise JTMError(f"--label-fraction must lie in (0, 1], not {self.label_fraction}")
         if self.finetune and self.frontend_kind != "pretrained":
@@ -184,7 +185,8 @@ def labelled_tracks(store: Store, task: str, split: str) -> np.ndarray:
     return idx[values[idx] != ""]
 
 
-def task_data(store: Store, task: str, label_fraction: float, seed: int, val_fraction: float) -> TaskData:
+def task_data(store: Store, task: str, label_fraction: float, seed: int, val_fraction: float,
+              subset_seed: int | None = None) -> TaskData:
     """Splits (validation carved before subsetting) and, for classification, the class list over all labelled
     recordings of both splits, so that codes mean the same in every split and every label fraction."""
     if is_frame_task(task) and not store.has_labels:
@@ -192,7 +194,7 @@ def task_data(store: Store, task: str, label_fraction: float, seed: int, val_fra
     train, test = labelled_tracks(store, task, "train"), labelled_tracks(store, task, "test")
     if len(train) == 0:
         raise JTMError(f"{store.path}: no labelled training recordings for task {task!r}")
-    splits = labelled_splits(train, test, label_fraction, seed, val_fraction)
+    splits = labelled_splits(train, test, label_fraction, seed, val_fraction, subset_seed)
     if is_frame_task(task):
         return TaskData(splits)
     everything = np.union1d(train, test)
