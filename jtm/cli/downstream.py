@@ -43,7 +43,10 @@ def downstream(
                                          "(seeded, nested across fractions; validation and test never subsampled)."),
     architecture: Optional[Path] = typer.Option(None, help="For random/supervised: copy this run's CPC architecture "
                                                 "(default: jtm pretrain's defaults)."),
-    epochs: int = typer.Option(10, help="Training epochs."),
+    epochs: int = typer.Option(10, help="Training epochs (ignored with --steps)."),
+    steps: Optional[int] = typer.Option(None, help="Train for N optimizer steps instead of epochs: the same budget at "
+                                        "every label fraction; the checkpoint of lowest validation loss is kept."),
+    eval_every: int = typer.Option(50, help="With --steps: validate every N steps."),
     batch_size: int = typer.Option(8, help="Windows per batch."),
     window: int = typer.Option(20480, help="Window length in samples at 16 kHz (a multiple of 160)."),
     lr: float = typer.Option(1e-3, help="Adam learning rate of the probe."),
@@ -70,8 +73,8 @@ def downstream(
     cfg = DownstreamConfig(
         data=str(data), out=str(out), task=task, encoder=str(encoder), probe=probe.value, finetune=finetune,
         features=features.value, label_fraction=label_fraction,
-        architecture=None if architecture is None else str(architecture), epochs=epochs, batch_size=batch_size,
-        window=window, lr=lr, frontend_lr=frontend_lr, hidden=hidden, seed=seed, val_fraction=val_fraction,
+        architecture=None if architecture is None else str(architecture), epochs=epochs, steps=steps,
+        eval_every=eval_every, batch_size=batch_size, window=window, lr=lr, frontend_lr=frontend_lr, hidden=hidden, seed=seed, val_fraction=val_fraction,
         class_weights=class_weights, pos_weight=pos_weight, max_memory_gb=max_memory_gb,
         limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches, precision=precision,
         accelerator=accelerator, devices=_devices(devices), threads=threads, progress=progress,

@@ -23,8 +23,10 @@ Protocol:
   ``finetune`` and ``supervised`` train the front end too, at ``frontend_lr`` (default: lr / 10 when
   fine-tuning a pretrained encoder, lr when training from scratch). The log-mel front end has no trainable
   parameters; its per-band normalisation statistics accumulate during training.
-- The model after the last epoch is kept (no early stopping: probes are short runs and the test set is not
-  looked at, so there is nothing to select on but validation loss, which is logged).
+- Budget: ``epochs`` passes over the label subset, or (``steps``) a fixed number of optimizer steps whatever the
+  subset's size, validated every ``eval_every`` steps, keeping the checkpoint of lowest validation loss
+  (``RUN/best/best.ckpt``). ``jtm study`` goes further: it also picks the learning rate on validation and repeats
+  over seeds (``jtm.pipelines.study``).
 """
 from __future__ import annotations
 
@@ -88,6 +90,11 @@ class DownstreamConfig:
     window: int = 20480
     batch_size: int = 8
     epochs: int = 10
+    steps: int | None = None
+    """Train for this many optimizer steps instead of ``epochs``: the same budget at every label fraction (with
+    epochs, 10 % of the recordings would also mean 10 % of the steps)."""
+    eval_every: int = 50
+    """With ``steps``: validate every this many steps and keep the checkpoint of lowest validation loss."""
     lr: float = 1e-3
     frontend_lr: float | None = None
     weight_decay: float = 0.0
@@ -429,7 +436,8 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
     cfg = resolve_architecture(dataclasses.replace(cfg, data=str(Path(cfg.data).resolve())))
     out = Path(cfg.out)
     previous = _check_run_folder(cfg)
-    if previous is not None and previous.get("epochs") == cfg.epochs and is_finished(out):
+    finished = previous is not None and (previous.get("epochs"), previous.get("steps")) == (cfg.epochs, cfg.steps)
+    if finished and is_finished(out):
         model_cfg = read_downstream_config(out / "model")
         return {"out": str(out), "skipped": True, "threshold": model_cfg.get("threshold")}
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -454,12 +462,23 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
                               beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps, pos_weight=pos_weight,
                               class_weights=class_weights, class_of_track=data.class_of_track)
     ckpt_dir = out / "checkpoints"
+    callbacks: list[pl.Callback] = [SetEpoch(), ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}",
+                                                                auto_insert_metric_name=False, every_n_epochs=1,
+                                                                save_top_k=1, save_last=True)]
+    budget: dict[str, Any] = {"max_epochs": cfg.epochs}
+    best = None
+    if cfg.steps:
+        # Validation every eval_every steps across epoch boundaries; the best checkpoint lives apart from the
+        # resume checkpoints so that resumption never mistakes it for the newest state.
+        budget = {"max_steps": cfg.steps, "max_epochs": -1, "val_check_interval": cfg.eval_every,
+                  "check_val_every_n_epoch": None}
+        if len(data.splits.val):
+            best = ModelCheckpoint(dirpath=out / "best", filename="best", monitor="val/loss", mode="min",
+                                   save_top_k=1, enable_version_counter=False)
+            callbacks.append(best)
     trainer = pl.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
-        precision=cfg.precision,
-        callbacks=[SetEpoch(), ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}",
-                                               auto_insert_metric_name=False, every_n_epochs=1, save_top_k=1,
-                                               save_last=True)],
+        **budget, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+        precision=cfg.precision, callbacks=callbacks,
         # A new CSV version per start: Lightning's CSV logger would delete an existing metrics.csv on resume
         # (read the stitched history with jtm.training.logs.read_metrics).
         logger=[TensorBoardLogger(out / "logs", name="tensorboard", version=""), CSVLogger(out / "logs", name="csv")],
@@ -482,6 +501,9 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=DownstreamData(cfg, store, data), ckpt_path=resume, weights_only=True)
 
     threshold = None
+    if best is not None and best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
     if trainer.is_global_zero:
         model = module.model.cpu().eval()
         if model.is_frame_task:
