@@ -13,6 +13,7 @@ from jtm.evaluation.metrics import (
     frame_prf,
     note_prf,
     per_instrument_ap,
+    ranking_average_precision,
     transcription_metrics,
     tune_threshold,
 )
@@ -44,6 +45,41 @@ def test_average_precision_by_hand() -> None:
 
 def test_average_precision_no_positive_is_nan() -> None:
     assert math.isnan(frame_average_precision(np.zeros((4, 128), bool), np.random.default_rng(0).random((4, 128))))
+
+
+def test_ranking_average_precision_by_hand() -> None:
+    y_true, y_score = _hand_example()
+    assert ranking_average_precision(y_true, y_score) == pytest.approx(2.6 / 3)
+    assert math.isnan(ranking_average_precision(np.zeros((4, 128), bool), np.ones((4, 128))))
+    with pytest.raises(ValueError):
+        ranking_average_precision(np.zeros((4, 2), bool), np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ties", [False, True])
+def test_ranking_average_precision_equals_sklearn(seed: int, ties: bool) -> None:
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(seed)
+    shape = (300, 40)
+    y_true = rng.random(shape) < 0.08
+    # float32 scores, as the study's model outputs are: both implementations see the same values.
+    y_score = rng.random(shape).astype(np.float32)
+    if ties:
+        # Few distinct scores, so that positives and negatives share thresholds; plus a block of exact zeros.
+        y_score = (np.round(y_score * 7) / 7).astype(np.float32)
+        y_score[:, :10] = 0.0
+        assert len(np.unique(y_score)) <= 8
+    else:
+        assert len(np.unique(y_score)) > 0.99 * y_score.size
+    expected = average_precision_score(y_true.ravel(), y_score.ravel())
+    assert ranking_average_precision(y_true, y_score) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert ranking_average_precision(y_true, y_score) == pytest.approx(frame_average_precision(y_true, y_score),
+                                                                       rel=1e-9, abs=1e-12)
+    # Tied scores: the order of the cells inside a tie must not matter.
+    perm = rng.permutation(y_true.size)
+    assert ranking_average_precision(y_true.ravel()[perm], y_score.ravel()[perm]) == pytest.approx(
+        expected, rel=1e-9, abs=1e-12)
 
 
 def test_frame_prf_by_hand() -> None:

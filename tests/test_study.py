@@ -1,68 +1,431 @@
-"""The label-efficiency study on a tiny store: 2 fractions x 2 methods, results files, plot, and skipping."""
+"""``jtm study`` on a tiny store: one row per seed, summary with spreads and chance, an equal optimizer-step
+budget at every label fraction, learning rate and checkpoint chosen on validation without reading a test
+recording, reuse of finished cells and refusal of changed ones."""
 from __future__ import annotations
 
 import json
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import jtm.pipelines.study as study_mod
+from jtm.data.store import Store
 from jtm.errors import JTMError
+from jtm.evaluation.metrics import frame_average_precision
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
-from jtm.pipelines.study import METHODS, fraction_dir, parse_list, run_study
+from jtm.models.downstream import DownstreamModel
+from jtm.pipelines.features import FeatureCache
+from jtm.pipelines.study import METHODS, StudyConfig, fraction_dir, parse_list, run_study
+from jtm.training.downstream import frame_roll
+
+FRACTIONS = (0.4, 1.0)
+METHODS_RUN = ("cpc-linear", "supervised")  # a probe on cached frozen features, and an arm trained on audio
+STEPS, EVAL_EVERY, SEEDS = 20, 10, 2
+LRS = (1e-3, 3e-2)
 
 
-def test_study_writes_results_and_skips_finished_cells(prepared_store, tmp_path: Path) -> None:
-    store, _ = prepared_store
-    pretrained = tmp_path / "pre"
+@dataclass
+class Probe:
+    """What the instrumented study run saw, per cell ``(method, fraction, repeat)``."""
+
+    optimizer_steps: Counter = field(default_factory=Counter)
+    batch_shapes: dict = field(default_factory=lambda: defaultdict(set))
+    touched: set = field(default_factory=set)
+    """Track indices whose audio or cached features were read since the last scoring step ended."""
+    before_scoring: dict = field(default_factory=dict)
+    """Per cell: the tracks read between the end of the previous scoring step and the start of this one."""
+    during_scoring: dict = field(default_factory=dict)
+    lines: list = field(default_factory=list)
+    current: Any = None
+
+
+def tiny_pretrained(root: Path) -> Path:
     torch.manual_seed(0)
-    CPCEncoder(CPCConfig(encoder_dim=32, context_dim=32)).save_pretrained(pretrained / "encoder")
-    out = tmp_path / "study"
-    kwargs = dict(pretrained=pretrained, tasks=["transcription"], fractions=[0.4, 1.0],
-                  methods=["random-linear", "logmel-linear"], epochs=1, window=2560, batch_size=2,
-                  limit_train_batches=2, limit_val_batches=1, val_fraction=0.25, threads=1)
+    CPCEncoder(CPCConfig(encoder_dim=16, context_dim=16)).save_pretrained(root / "encoder")
+    return root
+
+
+def config(store: Store, pretrained: Path, out: Path, **changes: Any) -> StudyConfig:
+    cfg = StudyConfig(data=str(store.path), out=str(out), pretrained=str(pretrained), tasks=("transcription",),
+                      fractions=FRACTIONS, methods=METHODS_RUN, seeds=SEEDS, steps=STEPS, eval_every=EVAL_EVERY,
+                      patience=0, probe_lrs=LRS, encoder_lrs=LRS, batch_size=2, window=2560, val_fraction=0.25,
+                      max_val_seconds=None, max_eval_seconds=None, threads=1)
+    return replace(cfg, **changes)
+
+
+def instrumented_run(cfg: StudyConfig, probe: Probe) -> pd.DataFrame:
+    """run_study with every optimizer step counted and every audio/feature read recorded, per cell."""
+    original_run_cell, original_score = study_mod.run_cell, study_mod._score_cell
+    adam_step = torch.optim.Adam.step
+    audio_int16 = Store.audio_int16
+    cache_call = FeatureCache.__call__
+    frozen_loss, e2e_loss = study_mod.FrozenProbe.loss, study_mod.EndToEnd.loss
+
+    def run_cell(cfg, fronts, task, method, fraction, repeat, lr_choice, cell):
+        probe.current = (method, float(fraction), repeat)
+        try:
+            return original_run_cell(cfg, fronts, task, method, fraction, repeat, lr_choice, cell)
+        finally:
+            probe.current = None
+
+    def score_cell(*args, **kwargs):
+        probe.before_scoring[probe.current] = set(probe.touched)
+        try:
+            return original_score(*args, **kwargs)
+        finally:
+            probe.during_scoring[probe.current] = set(probe.touched)
+            probe.touched.clear()
+
+    def step(self, *args, **kwargs):
+        probe.optimizer_steps[probe.current] += 1
+        return adam_step(self, *args, **kwargs)
+
+    def read_audio(self, i, *args, **kwargs):
+        probe.touched.add(int(i))
+        return audio_int16(self, i, *args, **kwargs)
+
+    def read_features(self, track):
+        probe.touched.add(int(track))
+        return cache_call(self, track)
+
+    def loss_frozen(self, model, batch):
+        probe.batch_shapes[probe.current].add(tuple(batch[0].shape[:2]))
+        return frozen_loss(self, model, batch)
+
+    def loss_e2e(self, model, batch):
+        probe.batch_shapes[probe.current].add(tuple(batch["audio"].shape))
+        return e2e_loss(self, model, batch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(study_mod, "run_cell", run_cell)
+        mp.setattr(study_mod, "_score_cell", score_cell)
+        mp.setattr(torch.optim.Adam, "step", step)
+        mp.setattr(Store, "audio_int16", read_audio)
+        mp.setattr(FeatureCache, "__call__", read_features)
+        mp.setattr(study_mod.FrozenProbe, "loss", loss_frozen)
+        mp.setattr(study_mod.EndToEnd, "loss", loss_e2e)
+        return run_study(cfg, log=probe.lines.append)
+
+
+@dataclass
+class Study:
+    store: Store
+    cfg: StudyConfig
+    out: Path
+    df: pd.DataFrame
+    probe: Probe
+    rerun: pd.DataFrame
+    rerun_lines: list
+    stamps_before: dict
+    stamps_after: dict
+
+
+@pytest.fixture(scope="module")
+def study(prepared_store, tmp_path_factory: pytest.TempPathFactory) -> Study:
+    store, _ = prepared_store
+    root = tmp_path_factory.mktemp("study")
+    cfg = config(store, tiny_pretrained(root / "pre"), root / "study")
+    probe = Probe()
+    df = instrumented_run(cfg, probe)
+    out = Path(cfg.out)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("cell.json")}
     lines: list[str] = []
-    df = run_study(store.path, out, log=lines.append, **kwargs)
-
-    assert len(df) == 4
-    assert set(df["method"]) == {"random-linear", "logmel-linear"} and set(df["fraction"]) == {0.4, 1.0}
-    assert (df["headline_metric"] == "frame_ap").all() and df["headline"].between(0, 1).all()
-    for method in ("random-linear", "logmel-linear"):
-        for fraction in (0.4, 1.0):
-            cell = out / "transcription" / method / fraction_dir(fraction)
-            assert (cell / "metrics.json").is_file() and (cell / "model" / "config.json").is_file()
-    # Nested label subsets, shared validation and test, per method.
-    small = json.loads((out / "transcription" / "random-linear" / "f0.4" / "splits.json").read_text())
-    full = json.loads((out / "transcription" / "random-linear" / "f1.0" / "splits.json").read_text())
-    assert set(small["train"]) < set(full["train"])
-    assert small["val"] == full["val"] and small["test"] == full["test"]
-    # The random front end copies the pretrained architecture.
-    random_cfg = json.loads((out / "transcription" / "random-linear" / "f1.0" / "model" / "config.json").read_text())
-    assert random_cfg["frontend"]["config"]["encoder_dim"] == 32
-
-    on_disk = pd.read_csv(out / "results.csv")
-    assert len(on_disk) == 4 and {"task", "method", "fraction", "headline", "frame_ap", "note_f1"} <= set(on_disk)
-    rows = json.loads((out / "results.json").read_text())
-    assert len(rows) == 4 and "frame_f1" in rows[0]["metrics"]
-    assert (out / "label_efficiency_transcription.png").stat().st_size > 1000
-    assert any("[4/4]" in line for line in lines)
-
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
-    lines.clear()
-    again = run_study(store.path, out, log=lines.append, **kwargs)
-    assert sum("skipped" in line for line in lines) == 4
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
-    pd.testing.assert_frame_equal(again[["method", "fraction"]], df[["method", "fraction"]])
+    again = run_study(cfg, log=lines.append)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("cell.json")}
+    return Study(store, cfg, out, df, probe, again, lines, stamps, after)
 
 
-def test_study_arguments() -> None:
+def cells():
+    return [(m, f, k) for m in METHODS_RUN for f in FRACTIONS for k in range(SEEDS)]
+
+
+def cell_dir(s: Study, method: str, fraction: float, repeat: int) -> Path:
+    return s.out / "transcription" / method / fraction_dir(fraction) / f"seed{s.cfg.seed + repeat}"
+
+
+def cell_json(s: Study, method: str, fraction: float, repeat: int) -> dict[str, Any]:
+    return json.loads((cell_dir(s, method, fraction, repeat) / "cell.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+
+def test_results_have_one_row_per_task_method_fraction_seed(study: Study) -> None:
+    on_disk = pd.read_csv(study.out / "results.csv")
+    for df in (study.df, on_disk):
+        assert len(df) == len(cells())
+        keys = list(zip(df["task"], df["method"], df["fraction"], df["seed"]))
+        assert sorted(keys) == sorted(("transcription", m, f, k) for m, f, k in cells())
+        assert (df["headline_metric"] == "frame_ap").all() and df["headline"].between(0, 1).all()
+        assert {"lr", "val_score", "best_step", "steps", "frame_ap", "note_f1", "n_train_tracks", "run"} <= set(df)
+    for m, f, k in cells():
+        cell = cell_dir(study, m, f, k)
+        for name in ("cell.json", "metrics.json", "splits.json", "model/config.json"):
+            assert (cell / name).is_file(), cell / name
+        row = on_disk[(on_disk["method"] == m) & (on_disk["fraction"] == f) & (on_disk["seed"] == k)].iloc[0]
+        metrics = json.loads((cell / "metrics.json").read_text())
+        assert row["headline"] == pytest.approx(metrics["frame_ap"]) and metrics["split"] == "test"
+        assert Path(row["run"]) == cell
+    assert (study.out / "label_efficiency_transcription.png").stat().st_size > 1000
+
+
+def test_summary_has_spreads_per_cell_and_a_chance_row(study: Study) -> None:
+    results = pd.read_csv(study.out / "results.csv")
+    summary = pd.read_csv(study.out / "summary.csv")
+    assert {"mean", "std", "ci95_low", "ci95_high", "min", "max", "n_seeds", "lrs"} <= set(summary)
+    for method in METHODS_RUN:
+        for fraction in FRACTIONS:
+            rows = summary[(summary["method"] == method) & (summary["fraction"] == fraction)]
+            assert len(rows) == 1
+            r = rows.iloc[0]
+            values = results[(results["method"] == method) & (results["fraction"] == fraction)]["headline"]
+            assert r["n_seeds"] == SEEDS and r["task"] == "transcription"
+            assert r["mean"] == pytest.approx(values.mean()) and r["min"] == pytest.approx(values.min())
+            assert r["max"] == pytest.approx(values.max())
+            assert r["ci95_low"] <= r["mean"] <= r["ci95_high"]
+            if values.std() > 0:
+                assert r["ci95_low"] < values.min() and r["ci95_high"] > values.max()  # t(0.975, 1) = 12.7
+    chance = summary[summary["method"] == "chance"]
+    assert sorted(zip(chance["task"], chance["fraction"])) == [("transcription", f) for f in FRACTIONS]
+    # The chance level of frame AP is the positive rate of the test frames.
+    store = study.store
+    rolls = [frame_roll(store, int(t), "transcription") for t in store.indices("test")]
+    rate = sum(int(r.sum()) for r in rolls) / sum(r.size for r in rolls)
+    assert chance["mean"].to_numpy() == pytest.approx([rate] * len(FRACTIONS))
+    assert (chance["headline_metric"] == "frame_ap").all() and (chance["n_seeds"] == 1).all()
+
+
+def test_study_and_environment_json_are_written(study: Study) -> None:
+    saved = json.loads((study.out / "study.json").read_text())
+    assert StudyConfig.from_dict(saved) == study.cfg
+    assert saved["steps"] == STEPS and saved["seeds"] == SEEDS and saved["methods"] == list(METHODS_RUN)
+    env = json.loads((study.out / "environment.json").read_text())
+    assert {"python", "torch", "numpy", "torch_threads"} <= set(env)
+    assert env["torch_threads"] == 1
+
+
+def test_splits_share_validation_and_test_and_nest_per_seed(study: Study) -> None:
+    test_ids = set(study.store.tracks["id"].astype(str).to_numpy()[study.store.indices("test")])
+    splits = {(m, f, k): json.loads((cell_dir(study, m, f, k) / "splits.json").read_text()) for m, f, k in cells()}
+    first = splits[cells()[0]]
+    for key, s in splits.items():
+        assert s["val"] == first["val"] and s["test"] == first["test"] and s["train_pool"] == first["train_pool"]
+        assert set(s["test"]) == test_ids and not set(s["train"]) & (set(s["val"]) | test_ids)
+    for m in METHODS_RUN:
+        for k in range(SEEDS):
+            small, full = splits[(m, 0.4, k)], splits[(m, 1.0, k)]
+            assert set(small["train"]) < set(full["train"])
+            # the subset of a seed does not depend on the method
+            assert small["train"] == splits[(METHODS_RUN[0], 0.4, k)]["train"]
+
+
+def test_the_exported_model_reproduces_the_test_score(study: Study) -> None:
+    """model/ is the selected model: run on the whole test recording, it gives the cell's test frame AP."""
+    store = study.store
+    for m, f, k in [("cpc-linear", 1.0, 0), ("supervised", 0.4, 1)]:
+        cell = cell_dir(study, m, f, k)
+        model = DownstreamModel.from_pretrained(cell / "model")
+        metrics = json.loads((cell / "metrics.json").read_text())
+        truths, probs = [], []
+        for t in store.indices("test"):
+            audio = store.audio(int(t))
+            if METHODS[m].trains_encoder:
+                prob = model.predict_frames(audio, study.cfg.window, (study.cfg.window // 160) // 8, 2)
+            else:
+                with torch.no_grad():
+                    prob = torch.sigmoid(model(torch.from_numpy(audio)[None]))[0].numpy()
+            probs.append(prob)
+            truths.append(frame_roll(store, int(t), "transcription", len(prob)))
+        ap = frame_average_precision(np.concatenate(truths), np.concatenate(probs))
+        assert ap == pytest.approx(metrics["frame_ap"], abs=2e-3), (m, f, k)
+
+
+# ------------------------------------------------------------------------------------------- protocol
+
+
+def test_every_fraction_gets_the_same_optimizer_steps(study: Study) -> None:
+    """Equal budget: with patience 0 every run takes exactly ``steps`` steps, at 40 % and at 100 % of the labels,
+    for the frozen-feature probe and for the from-scratch model alike (counted on Adam.step itself)."""
+    counted = study.probe.optimizer_steps
+    assert set(counted) == set(cells())
+    for m, f, k in cells():
+        result = cell_json(study, m, f, k)["result"]
+        assert result["steps"] == STEPS
+        assert [s for s, _ in result["curve"]] == [EVAL_EVERY, STEPS]
+        tried = len(result["lrs_tried"])
+        assert tried == (len(LRS) if k == 0 else 1)
+        assert counted[(m, f, k)] == STEPS * tried, (m, f, k)
+    for m in METHODS_RUN:
+        for k in range(SEEDS):
+            assert counted[(m, 0.4, k)] == counted[(m, 1.0, k)]
+    results = pd.read_csv(study.out / "results.csv")
+    assert (results["steps"] == STEPS).all()
+
+
+def _batch_shapes(study: Study, end_to_end: bool) -> None:
+    w = study.cfg.window
+    for m, f, k in cells():
+        if METHODS[m].trains_encoder != end_to_end:
+            continue
+        shapes = study.probe.batch_shapes[(m, f, k)]
+        expected = (study.cfg.batch_size, w) if end_to_end else (study.cfg.batch_size, w // 160)
+        assert shapes == {expected}, (m, f, k, shapes)
+
+
+def test_every_probe_step_sees_a_full_batch_of_full_windows(study: Study) -> None:
+    """The same amount of labelled data per step everywhere: batch_size windows of window samples."""
+    _batch_shapes(study, end_to_end=False)
+
+
+@pytest.mark.xfail(strict=True, reason="EndToEnd.batches (jtm/pipelines/arms.py) iterates WindowBatches with "
+                   "drop_last=False, so the last batch of every epoch over the label subset can be smaller than "
+                   "batch_size: a step of the end-to-end arms then sees fewer labelled windows")
+def test_every_end_to_end_step_sees_a_full_batch_of_full_windows(study: Study) -> None:
+    _batch_shapes(study, end_to_end=True)
+
+
+def test_training_and_selection_never_read_a_test_recording(study: Study) -> None:
+    test = set(study.store.indices("test").tolist())
+    val = set(json.loads((cell_dir(study, "cpc-linear", 1.0, 0) / "splits.json").read_text())["val"])
+    ids = study.store.tracks["id"].astype(str).to_numpy()
+    seen = study.probe.before_scoring
+    assert set(seen) == set(cells())
+    for key, touched in seen.items():
+        assert touched, key  # the instrumentation did see the training reads
+        assert not touched & test, (key, sorted(touched & test))
+        assert test <= study.probe.during_scoring[key], key  # the scoring step, and only it, reads them
+    # ...and the validation recordings were read before scoring (selection used them), by both kinds of arm.
+    for m in METHODS_RUN:
+        assert any(set(ids[list(seen[(m, f, k)])]) & val for f in FRACTIONS for k in range(SEEDS)), m
+
+
+def test_learning_rate_is_chosen_on_validation_at_the_first_seed(study: Study) -> None:
+    results = pd.read_csv(study.out / "results.csv")
+    for m in METHODS_RUN:
+        for f in FRACTIONS:
+            first = cell_json(study, m, f, 0)["result"]
+            tried = {float(lr): score for lr, score in first["lrs_tried"].items()}
+            assert set(tried) == set(LRS)
+            scores = [-np.inf if tried[lr] is None else tried[lr] for lr in LRS]
+            best = LRS[int(np.argmax(scores))]
+            assert first["lr"] == best and first["val_score"] == pytest.approx(max(scores))
+            for k in range(1, SEEDS):
+                later = cell_json(study, m, f, k)["result"]
+                assert later["lr"] == best and [float(x) for x in later["lrs_tried"]] == [best]
+            rows = results[(results["method"] == m) & (results["fraction"] == f)]
+            assert (rows["lr"] == best).all()
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="jtm/pipelines/study.py _validation_truth cuts the truth at int(max_seconds * 100) frames "
+                   "while EndToEnd.predict (arms.py) cuts the audio at int(max_seconds * sample_rate) samples: for "
+                   "max_val_seconds=2.3 that is 229 truth frames against 230 predicted, and the validation AP raises")
+def test_end_to_end_validation_with_fractional_max_val_seconds(prepared_store) -> None:
+    store, _ = prepared_store
+    cfg = StudyConfig(data=str(store.path), out="unused", window=2560, batch_size=2, val_fraction=0.25)
+    view = study_mod._task_view(cfg, store, "transcription", 1.0, 0)
+    torch.manual_seed(0)
+    arm = study_mod.EndToEnd(view, CPCEncoder(CPCConfig(encoder_dim=16, context_dim=16)), finetune=False)
+    model, _ = arm.build(0, 1e-3)
+    truth = study_mod._validation_truth(view, 2.3)
+    score = study_mod._validation_score(arm, model.eval(), view, truth, 2.3)
+    assert 0.0 <= score <= 1.0
+
+
+@pytest.mark.xfail(strict=True, raises=JTMError,
+                   reason="jtm/pipelines/study.py _score_cell writes splits.json but no run.json, although the module "
+                   "docstring promises run.json and a model/ usable by `jtm evaluate`: evaluate_run(CELL) refuses "
+                   "the cell as 'not a downstream run folder (no run.json)'")
+def test_jtm_evaluate_accepts_a_study_cell(study: Study, tmp_path: Path) -> None:
+    from jtm.pipelines.evaluate import evaluate_run
+
+    cell = tmp_path / "cell"
+    shutil.copytree(cell_dir(study, "cpc-linear", 1.0, 0), cell)
+    metrics = evaluate_run(cell, "test", data=study.store.path, progress=False)
+    assert metrics["frame_ap"] == pytest.approx(cell_json(study, "cpc-linear", 1.0, 0)["result"]["metrics"]["frame_ap"],
+                                                abs=2e-3)
+
+
+# ------------------------------------------------------------------------------------------- re-runs
+
+
+def test_a_rerun_reuses_every_finished_cell(study: Study) -> None:
+    assert study.stamps_after == study.stamps_before and len(study.stamps_before) == len(cells())
+    cell_lines = [line for line in study.rerun_lines if line.startswith("[")]
+    assert len(cell_lines) == len(cells()) and all("reused" in line for line in cell_lines)
+    assert not any("reused" in line for line in study.probe.lines)
+    pd.testing.assert_frame_equal(study.rerun, study.df)
+
+
+def test_a_changed_configuration_is_refused_not_reused(study: Study, tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(study.out, out, ignore=shutil.ignore_patterns("cache"))
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("cell.json")}
+    pretrained = Path(study.cfg.pretrained)
+    # The study folder knows its configuration...
+    with pytest.raises(JTMError, match=r"study\.json.*steps"):
+        run_study(config(study.store, pretrained, out, steps=STEPS + 10), log=lambda _: None)
+    # ...and so does every cell, even without study.json.
+    (out / "study.json").unlink()
+    first = out / "transcription" / METHODS_RUN[0] / fraction_dir(FRACTIONS[0]) / "seed0" / "cell.json"
+    with pytest.raises(JTMError) as err:
+        run_study(config(study.store, pretrained, out, steps=STEPS + 10), log=lambda _: None)
+    assert str(first) in str(err.value) and "steps" in str(err.value)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("cell.json")} == stamps
+    # Machine settings may change.
+    (out / "study.json").unlink()
+    lines: list[str] = []
+    run_study(config(study.store, pretrained, out, threads=2), log=lines.append)
+    assert sum("reused" in line for line in lines) == len(cells())
+
+
+def test_study_arguments(tmp_path: Path) -> None:
     assert parse_list("0.01, 0.1,1.0", float) == [0.01, 0.1, 1.0]
     assert fraction_dir(0.01) == "f0.01" and fraction_dir(1) == "f1.0"
     assert set(METHODS) == {"random-linear", "logmel-linear", "logmel-mlp", "cpc-linear", "cpc-mlp", "cpc-finetune",
                             "supervised"}
+    base = StudyConfig(data="nowhere", out=str(tmp_path / "s"))
     with pytest.raises(JTMError, match="pretrained"):
-        run_study("nowhere", "nowhere", methods=["cpc-linear"])
+        run_study(replace(base, methods=("cpc-linear",)))
     with pytest.raises(JTMError, match="unknown method"):
-        run_study("nowhere", "nowhere", methods=["cpc-magic"])
+        run_study(replace(base, methods=("cpc-magic",)))
+    for bad in (dict(fractions=(0.0,)), dict(steps=0), dict(probe_lrs=()), dict(features="middle"),
+                dict(window=1000), dict(patience=-1)):
+        with pytest.raises(JTMError):
+            run_study(replace(base, methods=("logmel-linear",), **bad))
+    assert not (tmp_path / "s").exists()
+    assert StudyConfig.from_dict(base.to_dict()) == base
+    with pytest.raises(JTMError, match="unknown study setting"):
+        StudyConfig.from_dict({**base.to_dict(), "epochs": 3})
+
+
+def test_the_study_command(prepared_store, tmp_path: Path) -> None:
+    """``jtm study`` maps its options onto StudyConfig, runs, and prints the summary table with chance."""
+    from tests.apply_helpers import run_cli
+
+    store, _ = prepared_store
+    out = tmp_path / "cli"
+    args = ["study", "--data", store.path, "--out", out, "--tasks", "transcription", "--fractions", "0.4,1",
+            "--methods", "logmel-linear", "--seeds", "2", "--steps", "6", "--eval-every", "3", "--patience", "0",
+            "--probe-lrs", "0.01", "--batch-size", "2", "--window", "2560", "--val-fraction", "0.25",
+            "--max-val-seconds", "2", "--threads", "1"]
+    code, stdout, err = run_cli(args)
+    assert code == 0, err
+    saved = json.loads((out / "study.json").read_text())
+    assert (saved["steps"], saved["eval_every"], saved["patience"], saved["seeds"]) == (6, 3, 0, 2)
+    assert saved["fractions"] == [0.4, 1.0] and saved["probe_lrs"] == [0.01] and saved["max_val_seconds"] == 2.0
+    assert len(pd.read_csv(out / "results.csv")) == 4
+    assert "transcription: frame_ap" in stdout and "logmel-linear" in stdout and "chance" in stdout
+    result = json.loads((out / "transcription" / "logmel-linear" / "f0.4" / "seed1" / "cell.json").read_text())
+    assert result["result"]["steps"] == 6
+    # A changed setting on the same folder is an error message, not a traceback.
+    code, _, err = run_cli([*args[:args.index("--steps")], "--steps", "7", *args[args.index("--steps") + 2:]])
+    assert code != 0 and "study.json" in err and "steps" in err

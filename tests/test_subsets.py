@@ -60,3 +60,29 @@ def test_holdout_leaves_training_recordings() -> None:
     train, val = holdout_split([4], 0.5, seed=0)
     np.testing.assert_array_equal(train, [4])
     assert len(val) == 0
+
+
+def test_subset_seed_draws_the_subset_alone() -> None:
+    """A study's repeats: each its own label subset, all validated and tested on the same recordings."""
+    base = labelled_splits(TRAIN, TEST, 0.1, seed=4, val_fraction=0.1)
+    by_seed = {k: labelled_splits(TRAIN, TEST, 0.1, seed=4, val_fraction=0.1, subset_seed=k) for k in range(4, 9)}
+    for split in by_seed.values():
+        np.testing.assert_array_equal(split.val, base.val)
+        np.testing.assert_array_equal(split.test, base.test)
+        np.testing.assert_array_equal(split.train_pool, base.train_pool)
+        assert set(split.train) <= set(base.train_pool.tolist()) and len(split.train) == len(base.train)
+    # subset_seed == seed (or None) is the old single-seed subset.
+    np.testing.assert_array_equal(by_seed[4].train, base.train)
+    # Different subset seeds give different subsets (pairwise).
+    trains = [tuple(s.train.tolist()) for s in by_seed.values()]
+    assert len(set(trains)) == len(trains)
+
+
+@pytest.mark.parametrize("subset_seed", [1, 5, 11])
+def test_subsets_stay_nested_for_one_subset_seed(subset_seed: int) -> None:
+    fractions = [0.01, 0.05, 0.1, 0.5, 1.0]
+    splits = [labelled_splits(TRAIN, TEST, f, seed=0, val_fraction=0.1, subset_seed=subset_seed) for f in fractions]
+    for small, large in zip(splits, splits[1:]):
+        assert set(small.train) <= set(large.train) and len(small.train) < len(large.train)
+        np.testing.assert_array_equal(small.val, large.val)
+    np.testing.assert_array_equal(splits[-1].train, splits[-1].train_pool)
