@@ -128,9 +128,6 @@ def test_quick_demo_end_to_end(quick_demo) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="jtm/evaluation/report.py discover() stops at _MAX_DEPTH = 4, below the "
-                   "study cells (DEMO/study/<task>/<method>/f<fraction>/seed<k>/, depth 5): the demo's report shows "
-                   "no downstream run (no confusion matrix, no piano-roll excerpt)")
 def test_quick_demo_report_has_every_figure(quick_demo) -> None:
     out, proc, _, _ = quick_demo
     assert proc.returncode == 0, proc.stderr[-3000:]

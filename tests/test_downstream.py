@@ -211,3 +211,30 @@ def test_cli_downstream_and_evaluate(prepared_store, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "frame_ap" in result.output and (run / "metrics.json").is_file()
     assert json.loads((run / "run.json").read_text())["label_fraction"] == 0.5
+
+
+def test_step_budget_is_the_same_at_every_label_fraction(prepared_store, tmp_path: Path, monkeypatch) -> None:
+    """With --steps, a small label subset trains for as many optimizer steps as the full set (with epochs it would
+    get a fraction of them), and the checkpoint kept is the one of lowest validation loss."""
+    store, _ = prepared_store
+    counted: list[int] = []
+    original_step = torch.optim.Adam.step
+
+    def counting_step(self, *args, **kwargs):
+        counted.append(1)
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
+    steps, reported = {}, {}
+    for fraction in (0.3, 1.0):
+        out = tmp_path / f"f{fraction}"
+        cfg = _cfg(store, out, encoder="logmel", label_fraction=fraction, steps=7, eval_every=3,
+                   limit_train_batches=None, limit_val_batches=None, val_fraction=0.25)
+        counted.clear()
+        reported[fraction] = run_downstream(cfg)["steps"]
+        steps[fraction] = len(counted)
+        best = torch.load(out / "best" / "best.ckpt", map_location="cpu", weights_only=True)
+        saved = DownstreamModel.from_pretrained(out / "model").probe.state_dict()
+        for key, value in saved.items():
+            torch.testing.assert_close(value, best["state_dict"][f"model.probe.{key}"])
+    assert steps == reported == {0.3: 7, 1.0: 7}

@@ -74,11 +74,6 @@ def parse(html: str) -> StrictParser:
     return p
 
 
-_DEPTH = pytest.mark.xfail(strict=True, reason="jtm/evaluation/report.py discover() stops at _MAX_DEPTH = 4, but a "
-                           "study cell is DEMO/study/<task>/<method>/f<fraction>/seed<k>/ (depth 5): `jtm report DEMO` "
-                           "(and the demo's own report) finds no downstream run")
-_NO_RUN_JSON = pytest.mark.xfail(strict=True, reason="as _DEPTH, and jtm/pipelines/study.py writes no run.json in a "
-                                 "cell (its docstring promises one), so compute_excerpt() cannot find the store")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +95,6 @@ def demo_like(prepared_store, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@_DEPTH
 def test_report_has_every_section_with_figures_and_is_well_formed(demo_like: Path, tmp_path: Path) -> None:
     out = tmp_path / "r" / "report.html"
     code, stdout, err = run_cli(["report", demo_like, "-o", out])
@@ -157,7 +151,6 @@ def test_text_is_escaped(demo_like: Path, tmp_path: Path) -> None:
     assert "<i>mine</i>" not in html and "&lt;i&gt;mine&lt;/i&gt;" in html
 
 
-@_DEPTH
 def test_discover_finds_each_kind_and_missing_input_is_an_error(demo_like: Path, tmp_path: Path) -> None:
     found = discover([demo_like])
     assert [p.name for p in found.pretrain] == ["pretrain"]
@@ -168,7 +161,6 @@ def test_discover_finds_each_kind_and_missing_input_is_an_error(demo_like: Path,
     assert not (tmp_path / "r.html").exists()
 
 
-@_NO_RUN_JSON
 def test_excerpt_is_computed_when_the_run_has_none(demo_like: Path, tmp_path: Path) -> None:
     from jtm.evaluation.report import compute_excerpt, load_excerpt
 

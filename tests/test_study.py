@@ -285,9 +285,6 @@ def test_every_probe_step_sees_a_full_batch_of_full_windows(study: Study) -> Non
     _batch_shapes(study, end_to_end=False)
 
 
-@pytest.mark.xfail(strict=True, reason="EndToEnd.batches (jtm/pipelines/arms.py) iterates WindowBatches with "
-                   "drop_last=False, so the last batch of every epoch over the label subset can be smaller than "
-                   "batch_size: a step of the end-to-end arms then sees fewer labelled windows")
 def test_every_end_to_end_step_sees_a_full_batch_of_full_windows(study: Study) -> None:
     _batch_shapes(study, end_to_end=True)
 
@@ -324,10 +321,6 @@ def test_learning_rate_is_chosen_on_validation_at_the_first_seed(study: Study) -
             assert (rows["lr"] == best).all()
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="jtm/pipelines/study.py _validation_truth cuts the truth at int(max_seconds * 100) frames "
-                   "while EndToEnd.predict (arms.py) cuts the audio at int(max_seconds * sample_rate) samples: for "
-                   "max_val_seconds=2.3 that is 229 truth frames against 230 predicted, and the validation AP raises")
 def test_end_to_end_validation_with_fractional_max_val_seconds(prepared_store) -> None:
     store, _ = prepared_store
     cfg = StudyConfig(data=str(store.path), out="unused", window=2560, batch_size=2, val_fraction=0.25)
@@ -340,10 +333,6 @@ def test_end_to_end_validation_with_fractional_max_val_seconds(prepared_store) -
     assert 0.0 <= score <= 1.0
 
 
-@pytest.mark.xfail(strict=True, raises=JTMError,
-                   reason="jtm/pipelines/study.py _score_cell writes splits.json but no run.json, although the module "
-                   "docstring promises run.json and a model/ usable by `jtm evaluate`: evaluate_run(CELL) refuses "
-                   "the cell as 'not a downstream run folder (no run.json)'")
 def test_jtm_evaluate_accepts_a_study_cell(study: Study, tmp_path: Path) -> None:
     from jtm.pipelines.evaluate import evaluate_run
 

@@ -50,7 +50,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
 
 _SKIP_DIRS = {"checkpoints", "logs", "encoder", "model", "shards", "train_data", "test_data", "train_labels",
               "test_labels", "__pycache__"}
-_MAX_DEPTH = 4
+_MAX_DEPTH = 5  # DEMO/study/<task>/<method>/f<fraction>/seed<k>
 
 
 class Missing(Exception):

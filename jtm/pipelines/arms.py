@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from jtm.data.labels import HOP
 from jtm.data.store import Store
 from jtm.data.windows import WindowBatches
+from jtm.errors import JTMError
 from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import DownstreamModel, is_frame_task
 from jtm.models.logmel import LogMel
@@ -62,6 +63,12 @@ class TaskView:
             weight = torch.tensor(self.pos_weight, dtype=logits.dtype)
             return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=weight)
         return F.cross_entropy(logits.float(), target)
+
+
+def frame_limit(max_seconds: float | None, sample_rate: int) -> int | None:
+    """Frames in the first ``max_seconds`` of a recording (None: all): what every arm predicts and every truth
+    is cut to, so predictions and labels always have the same length."""
+    return None if max_seconds is None else int(max_seconds * sample_rate) // HOP
 
 
 def window_starts(n: int, window: int) -> list[int]:
@@ -137,7 +144,7 @@ class FrozenProbe:
 
     @torch.no_grad()
     def predict(self, model: nn.Module, tracks: np.ndarray, max_seconds: float | None) -> list[np.ndarray]:
-        limit = None if max_seconds is None else int(max_seconds * 100)
+        limit = frame_limit(max_seconds, self.view.store.sample_rate)
         model.eval()
         out = []
         for t in tracks:
@@ -203,9 +210,20 @@ class EndToEnd:
     def batches(self, seed: int) -> Iterator[dict[str, Tensor]]:
         v = self.view
         labels = v.task if v.frame_task else None
-        windows = WindowBatches(v.store, v.data.splits.train, window=v.window, batch_size=v.batch_size,
-                                sampling="uniform", seed=seed, random_offset=True, drop_last=False, labels=labels,
-                                rank=0, world_size=1)
+
+        def plan(drop_last: bool) -> WindowBatches:
+            return WindowBatches(v.store, v.data.splits.train, window=v.window, batch_size=v.batch_size,
+                                 sampling="uniform", seed=seed, random_offset=True, drop_last=drop_last,
+                                 labels=labels, rank=0, world_size=1)
+
+        # Full batches only, so every step sees the same amount of labelled audio; a subset too small for one
+        # full batch trains on its partial batch rather than not at all.
+        windows = plan(drop_last=True)
+        if len(windows) == 0:
+            windows = plan(drop_last=False)
+        if len(windows) == 0:
+            raise JTMError(f"{v.store.path}: the {len(v.data.splits.train)} training recording(s) of this label "
+                           f"subset are all shorter than one window of {v.window} samples; use a smaller --window")
         epoch = 0
         while True:
             windows.set_epoch(epoch)
@@ -223,7 +241,8 @@ class EndToEnd:
     @torch.no_grad()
     def predict(self, model: DownstreamModel, tracks: np.ndarray, max_seconds: float | None) -> list[np.ndarray]:
         v = self.view
-        limit = None if max_seconds is None else int(max_seconds * v.store.sample_rate)
+        frames = frame_limit(max_seconds, v.store.sample_rate)
+        limit = None if frames is None else frames * HOP
         out = []
         for t in tracks:
             audio = v.store.audio(int(t))[:limit]

@@ -68,7 +68,7 @@ def headline_metric(task: str) -> str:
 def split_tracks_of_run(store: Store, cfg: DownstreamConfig, split: str) -> np.ndarray:
     """Store indices evaluated for ``split``: 'test' (all labelled test recordings), 'val' (the run's
     hold-out), or 'train' (the run's label subset)."""
-    data = task_data(store, cfg.task, cfg.label_fraction, cfg.seed, cfg.val_fraction)
+    data = task_data(store, cfg.task, cfg.label_fraction, cfg.seed, cfg.val_fraction, cfg.subset_seed)
     if split not in ("test", "val", "train"):
         raise JTMError(f"--split must be test, val or train, not {split!r}")
     tracks = getattr(data.splits, split)

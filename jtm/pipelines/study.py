@@ -31,7 +31,7 @@ every learning rate tried, the selection curve and the test metrics), ``metrics.
 :class:`DownstreamModel`, usable by ``jtm transcribe``/``jtm evaluate``), ``run.json``/``splits.json``.
 ``DIR/results.csv`` has one row per cell, ``DIR/summary.csv`` one per (task, method, fraction) plus the chance
 rows, ``DIR/label_efficiency_<task>.png`` the plot with its bands. A finished cell is reused on a re-run only
-when its configuration is unchanged; a changed one is refused, or re-run with ``rerun_changed``.
+when its configuration is unchanged; a changed one is refused (delete the cell to recompute it).
 """
 from __future__ import annotations
 
@@ -53,10 +53,10 @@ from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import is_frame_task, load_frontend_source
 from jtm.models.logmel import LogMel
-from jtm.pipelines.arms import EndToEnd, FrozenProbe, TaskView
+from jtm.pipelines.arms import EndToEnd, FrozenProbe, TaskView, frame_limit
 from jtm.pipelines.evaluate import headline_metric, score_classification, score_frames, track_labels
 from jtm.pipelines.features import FeatureCache
-from jtm.training.downstream import frame_roll, labelled_tracks, positive_weight, task_data
+from jtm.training.downstream import DownstreamConfig, frame_roll, labelled_tracks, positive_weight, task_data
 from jtm.pipelines.study_config import METHODS, Method, StudyConfig
 from jtm.training.selection import train_selected
 
@@ -126,7 +126,7 @@ def _validation_score(arm: Any, model: Any, view: TaskView, truths: list[np.ndar
 def _validation_truth(view: TaskView, max_seconds: float | None) -> list[np.ndarray]:
     val = view.data.splits.val
     if view.frame_task:
-        limit = None if max_seconds is None else int(max_seconds * 100)
+        limit = frame_limit(max_seconds, view.store.sample_rate)
         return [frame_roll(view.store, int(t), view.task)[:limit] for t in val]
     return list(track_labels(view.store, val, view.task, view.data.classes or []))
 
@@ -182,11 +182,27 @@ def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Pa
     splits = view.data.splits
     write_json_atomic(cell / "splits.json", {k: ids[getattr(splits, k)].tolist()
                                              for k in ("train", "train_pool", "val", "test")})
+    write_json_atomic(cell / "run.json", _downstream_config(cfg, view, cell, lr).to_dict())
     return {"lr": lr, "lrs_tried": tried, "val_score": selected.val_score, "best_step": selected.best_step,
             "steps": selected.steps, "curve": selected.curve, "train_seconds": round(selected.seconds, 3),
             "eval_seconds": round(time.perf_counter() - t0, 3), "threshold": threshold,
             "n_train_tracks": int(len(splits.train)), "n_val": int(len(splits.val)), "n_test": int(len(test)),
             "metrics": metrics}
+
+
+def _downstream_config(cfg: StudyConfig, view: TaskView, cell: Path, lr: float) -> DownstreamConfig:
+    """The cell described as a downstream run (``run.json``), so ``jtm evaluate CELL``, ``jtm transcribe --model
+    CELL`` and the report treat it like any other: same store, task, splits (hold-out seed, subset seed), window."""
+    method = METHODS[cell.parent.parent.name]
+    seed = int(cell.name.removeprefix("seed"))
+    encoder = str(cfg.pretrained) if method.encoder == "pretrained" else method.encoder
+    return DownstreamConfig(
+        data=str(Path(cfg.data).resolve()), out=str(cell), task=view.task, encoder=encoder,
+        architecture=cfg.pretrained if method.encoder in ("random", "supervised") else None, probe=method.probe,
+        finetune=method.finetune, features=cfg.features if method.encoder in ("pretrained", "random") else "context",
+        label_fraction=float(cell.parent.name[1:]), subset_seed=seed, seed=cfg.seed, val_fraction=cfg.val_fraction,
+        window=cfg.window, batch_size=cfg.batch_size, steps=cfg.steps, eval_every=cfg.eval_every, lr=lr,
+        hidden=cfg.hidden, probe_dropout=cfg.dropout, tune_max_seconds=cfg.max_val_seconds, progress=False)
 
 
 def _pitch_view(roll: np.ndarray, task: str) -> np.ndarray:
@@ -232,7 +248,7 @@ def _chance_rows(cfg: StudyConfig, store: Store) -> list[dict[str, Any]]:
     for task in cfg.tasks:
         test = labelled_tracks(store, task, "test")
         if is_frame_task(task):
-            limit = None if cfg.max_eval_seconds is None else int(cfg.max_eval_seconds * 100)
+            limit = frame_limit(cfg.max_eval_seconds, store.sample_rate)
             pos = total = 0
             for t in test:
                 roll = _pitch_view(frame_roll(store, int(t), task)[:limit], task)

@@ -86,6 +86,8 @@ class DownstreamConfig:
     finetune: bool = False
     features: str = "context"
     label_fraction: float = 1.0
+    subset_seed: int | None = None
+    """Seed of the label subset alone (None: ``seed``); a study's repeats share the hold-out, not the subset."""
     val_fraction: float = 0.1
     window: int = 20480
     batch_size: int = 8
@@ -445,7 +447,7 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     store = Store.open(cfg.data)
-    data = task_data(store, cfg.task, cfg.label_fraction, cfg.seed, cfg.val_fraction)
+    data = task_data(store, cfg.task, cfg.label_fraction, cfg.seed, cfg.val_fraction, cfg.subset_seed)
     model = build_model(cfg, data.classes)
 
     pos_weight = None
@@ -515,4 +517,5 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         model.save_pretrained(out / "model")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
     return {"out": str(out), "skipped": False, "threshold": threshold, "pos_weight": pos_weight,
+            "steps": int(trainer.global_step),
             "n_train_tracks": int(len(data.splits.train)), "n_val_tracks": int(len(data.splits.val)), **metrics}
