@@ -12,7 +12,7 @@ from jtm.models.encoders import DOWNSAMPLING, SincConv, strided_conv
 SMALL = dict(encoder_dim=16, context_dim=24, heads=4)
 
 
-@pytest.mark.parametrize("encoder", ["conv", "sinc"])
+@pytest.mark.parametrize("encoder", ["conv", "sinc", "gabor"])
 @pytest.mark.parametrize("norm", ["layer", "instance", "batch", "none"])
 @pytest.mark.parametrize("context", ["gru", "lstm", "rnn", "transformer"])
 def test_shapes_every_combination(encoder, norm, context):
@@ -22,7 +22,7 @@ def test_shapes_every_combination(encoder, norm, context):
     assert torch.isfinite(z).all() and torch.isfinite(c).all()
 
 
-@pytest.mark.parametrize("encoder", ["conv", "sinc"])
+@pytest.mark.parametrize("encoder", ["conv", "sinc", "gabor"])
 @pytest.mark.parametrize("length", [160, 319, 1000, 4800, 20480 + 159])
 def test_frames_are_length_div_160(encoder, length):
     model = CPCEncoder(CPCConfig(encoder=encoder, **SMALL))
@@ -91,7 +91,7 @@ def test_embed_resamples_and_has_the_right_shape():
     assert model.training  # embed restores the mode it found
 
 
-@pytest.mark.parametrize("encoder", ["conv", "sinc"])
+@pytest.mark.parametrize("encoder", ["conv", "sinc", "gabor"])
 def test_embed_chunked_equals_one_pass(encoder):
     torch.manual_seed(0)
     model = CPCEncoder(CPCConfig(encoder=encoder, context="gru", **SMALL))
@@ -123,10 +123,13 @@ def test_probes():
 def test_config_round_trip_and_validation():
     config = CPCConfig(encoder="sinc", context="transformer", reverse=True)
     assert CPCConfig.from_dict(config.to_dict()) == config
+    config = CPCConfig(encoder="gabor", gabor_filters=96, gabor_kernel=1025, negatives_from="window")
+    assert CPCConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown CPCConfig keys"):
         CPCConfig.from_dict({**config.to_dict(), "hidden": 3})
     for bad in (dict(encoder="wav2vec"), dict(norm="group"), dict(context="mamba"), dict(encoder_dim=0),
                 dict(dropout=1.5), dict(negatives=2.5), dict(reverse="yes"), dict(context="transformer", heads=7),
-                dict(sinc_kernel=250)):
+                dict(sinc_kernel=250), dict(negatives_from="track"), dict(gabor_kernel=2048),
+                dict(gabor_kernel=513), dict(gabor_filters=1)):
         with pytest.raises(ValueError):
             CPCConfig(**bad)

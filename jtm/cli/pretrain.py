@@ -14,6 +14,7 @@ from jtm.cli.app import app
 class Encoder(str, Enum):
     conv = "conv"
     sinc = "sinc"
+    gabor = "gabor"
 
 
 class Norm(str, Enum):
@@ -28,6 +29,11 @@ class Context(str, Enum):
     lstm = "lstm"
     rnn = "rnn"
     transformer = "transformer"
+
+
+class NegativesFrom(str, Enum):
+    batch = "batch"
+    window = "window"
 
 
 class Sampling(str, Enum):
@@ -52,7 +58,10 @@ def is_global_zero() -> bool:
 def pretrain(
     data: Path = typer.Option(..., help="A prepared store (jtm data prepare)."),
     out: Path = typer.Option(..., help="Run folder; re-running with the same folder resumes."),
-    encoder: Encoder = typer.Option(Encoder.conv, help="conv: 5 strided convs; sinc: SincNet first layer."),
+    encoder: Encoder = typer.Option(Encoder.conv, help="conv: 5 strided convs; sinc: SincNet first layer; "
+                                    "gabor: learnable constant-Q Gabor filterbank (128 ms windows)."),
+    gabor_filters: int = typer.Option(192, help="Gabor filters from 30 Hz to 7.5 kHz (192: 24 per octave)."),
+    gabor_kernel: int = typer.Option(2049, help="Gabor window in samples (odd, at least 1025)."),
     norm: Norm = typer.Option(Norm.layer, help="Normalisation in the encoder."),
     context: Context = typer.Option(Context.gru, help="Context network over the encoded frames."),
     context_layers: int = typer.Option(1, help="Layers in the context network."),
@@ -61,6 +70,8 @@ def pretrain(
     heads: int = typer.Option(8, help="Attention heads (transformer context)."),
     predict_steps: int = typer.Option(12, help="K: how many future frames to predict."),
     negatives: int = typer.Option(128, help="Negatives per positive, drawn from the batch."),
+    negatives_from: NegativesFrom = typer.Option(NegativesFrom.batch, help="batch: any frame of the batch; "
+                                                 "window: frames of the positive's own window."),
     sampling: Sampling = typer.Option(Sampling.uniform, help="Where a batch's windows, hence the negatives, come from."),
     labels_by: Optional[str] = typer.Option(None, help="Metadata column for samecategory (ensemble, composer, ...)."),
     reverse: bool = typer.Option(False, help="Reverse mode: predict the past instead of the future."),
@@ -93,11 +104,15 @@ def pretrain(
     from jtm.models.config import CPCConfig
     from jtm.training.pretrain import PretrainConfig, run_pretrain
 
-    model = CPCConfig(
-        encoder=encoder.value, encoder_dim=encoder_dim, norm=norm.value, context=context.value,
-        context_dim=context_dim, context_layers=context_layers, heads=heads, dropout=dropout,
-        predict_steps=predict_steps, negatives=negatives, reverse=reverse,
-    )
+    try:
+        model = CPCConfig(
+            encoder=encoder.value, encoder_dim=encoder_dim, norm=norm.value, context=context.value,
+            context_dim=context_dim, context_layers=context_layers, heads=heads, dropout=dropout,
+            predict_steps=predict_steps, negatives=negatives, reverse=reverse,
+            negatives_from=negatives_from.value, gabor_filters=gabor_filters, gabor_kernel=gabor_kernel,
+        )
+    except ValueError as e:  # e.g. an even --gabor-kernel: a usage error, not a crash
+        raise typer.BadParameter(str(e)) from None
     cfg = PretrainConfig(
         data=str(data), out=str(out), model=model, window=window, batch_size=batch_size, epochs=epochs, lr=lr,
         beta1=beta1, beta2=beta2, eps=eps, schedule_step=schedule_step, ramp_epochs=ramp_epochs,

@@ -4,9 +4,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-ENCODERS = ("conv", "sinc")
+ENCODERS = ("conv", "sinc", "gabor")
 NORMS = ("layer", "instance", "batch", "none")
 CONTEXTS = ("gru", "lstm", "rnn", "transformer")
+NEGATIVE_SOURCES = ("batch", "window")
+SCORES = ("dot", "cosine")
+GABOR_MIN_KERNEL = 1025  # shortest Gabor window accepted (64 ms); the default 2049 resolves semitones from ~300 Hz
 
 
 @dataclass
@@ -17,7 +20,8 @@ class CPCConfig:
     except the hidden size (256 instead of 512) so that the default runs comfortably on a laptop CPU.
     """
 
-    encoder: str = "conv"          # 'conv': 5 strided convs; 'sinc': SincNet band-pass first layer + 4 convs
+    encoder: str = "conv"          # 'conv': 5 strided convs; 'sinc': SincNet band-pass first layer + 4 convs;
+                                   # 'gabor': learnable constant-Q complex Gabor filterbank at hop 160 + 2 layers
     encoder_dim: int = 256         # channels of every encoder layer = dimension of z
     norm: str = "layer"            # per-frame channel norm (CPC_audio's ChannelNorm), 'instance', 'batch', 'none'
     context: str = "gru"           # autoregressive network: 'gru', 'lstm', 'rnn' or causal 'transformer'
@@ -27,9 +31,14 @@ class CPCConfig:
     dropout: float = 0.0
     predict_steps: int = 12        # K: predict z[t+1] ... z[t+K] from c[t]
     negatives: int = 128           # N negatives per position, shared by all K steps
+    negatives_from: str = "batch"  # 'batch': any of the B*F frames of the batch; 'window': the same window's F frames
+    score: str = "dot"             # 'dot': pred . z / D (CPC_audio); 'cosine': cos(pred, z) / temperature (wav2vec 2.0)
+    temperature: float = 0.1       # of the cosine score
     reverse: bool = False          # CPC_audio's reverse mode: the context reads time backwards, predicts the past
     sample_rate: int = 16000       # the rate the encoder expects (160x downsampling -> 100 frames/s)
     sinc_kernel: int = 251         # SincNet filter length in samples (odd)
+    gabor_filters: int = 192       # Gabor filters, log-spaced over ~30 Hz - 7.5 kHz (192: 24 per octave)
+    gabor_kernel: int = 2049       # Gabor window length in samples (odd, >= 1025; 2049 = 128 ms at 16 kHz)
 
     def __post_init__(self) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
@@ -44,8 +53,13 @@ class CPCConfig:
         choice("encoder", ENCODERS)
         choice("norm", NORMS)
         choice("context", CONTEXTS)
+        choice("negatives_from", NEGATIVE_SOURCES)
+        choice("score", SCORES)
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+            raise ValueError(f"CPCConfig.temperature must be a positive number, got {self.temperature!r}")
+        self.temperature = float(self.temperature)
         for name in ("encoder_dim", "context_dim", "context_layers", "heads", "predict_steps", "negatives",
-                     "sample_rate", "sinc_kernel"):
+                     "sample_rate", "sinc_kernel", "gabor_filters", "gabor_kernel"):
             positive_int(name)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"CPCConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
@@ -56,6 +70,11 @@ class CPCConfig:
             raise ValueError(f"CPCConfig.context_dim ({self.context_dim}) must be divisible by heads ({self.heads})")
         if self.sinc_kernel % 2 == 0:
             raise ValueError(f"CPCConfig.sinc_kernel must be odd (a symmetric filter), got {self.sinc_kernel}")
+        if self.gabor_kernel % 2 == 0 or self.gabor_kernel < GABOR_MIN_KERNEL:
+            raise ValueError(f"CPCConfig.gabor_kernel must be odd and at least {GABOR_MIN_KERNEL} samples, "
+                             f"got {self.gabor_kernel}")
+        if self.gabor_filters < 2:
+            raise ValueError(f"CPCConfig.gabor_filters must be at least 2 (a log-spaced range), got {self.gabor_filters}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from jtm.audio import resample
 from jtm.models.config import CPCConfig
 from jtm.models.context import build_context
-from jtm.models.encoders import DOWNSAMPLING, build_encoder
+from jtm.models.encoders import DOWNSAMPLING, build_encoder, receptive_field
 from jtm.models.pretrained import (load_weights_into, read_pretrained_config, read_pretrained_weights,
                                    save_pretrained_files, WEIGHTS_NAME)
 from jtm.errors import ModelFileError
@@ -34,9 +34,14 @@ from jtm.errors import ModelFileError
 ENCODER_FORMAT = "jtm-cpc-encoder"
 ENCODER_FORMAT_VERSION = 1
 
-# Margin of frames computed on each side of an ``embed`` chunk and thrown away: more than the encoder's
-# receptive field (706 samples for SincNet, 465 for the conv stack), so chunk seams are exact.
+# Least margin of frames computed on each side of an ``embed`` chunk and thrown away (see embed_margin_frames).
 _EMBED_MARGIN_FRAMES = 8
+
+
+def embed_margin_frames(config: CPCConfig) -> int:
+    """Frames of margin on each side of an ``embed`` chunk: more than the encoder's receptive field (465
+    samples for the conv stack, 706 for SincNet, ``gabor_kernel`` + 320 for Gabor), so chunk seams are exact."""
+    return max(_EMBED_MARGIN_FRAMES, -(-receptive_field(config) // DOWNSAMPLING) + 1)
 
 
 class CPCEncoder(nn.Module):
@@ -47,6 +52,7 @@ class CPCEncoder(nn.Module):
         self.config = config
         self.encoder = build_encoder(config)
         self.context = build_context(config)
+        self._embed_margin = embed_margin_frames(config)
 
     def contextualise(self, z: Tensor, state=None) -> tuple[Tensor, object]:
         """c (B, F, context_dim) from z (B, F, encoder_dim), in natural time order (see reverse mode above)."""
@@ -102,8 +108,8 @@ class CPCEncoder(nn.Module):
 
     def _encode_chunk(self, wave: Tensor, start: int, end: int) -> Tensor:
         """z for frames [start, end) of ``wave`` (T,), computed with a margin so seams match one pass."""
-        lo = max(0, start - _EMBED_MARGIN_FRAMES)
-        hi = min(len(wave) // DOWNSAMPLING, end + _EMBED_MARGIN_FRAMES)
+        lo = max(0, start - self._embed_margin)
+        hi = min(len(wave) // DOWNSAMPLING, end + self._embed_margin)
         z = self.encoder(wave[lo * DOWNSAMPLING : hi * DOWNSAMPLING].unsqueeze(0))[0]
         return z[start - lo : end - lo]
 
@@ -163,14 +169,22 @@ class CPCOutput(NamedTuple):
 
 
 def sample_negatives(batch: int, frames: int, positions: int, negatives: int,
-                     generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+                     generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                     *, negatives_from: str = "batch") -> Tensor:
     """Indices into the flattened (B * F) bank of encoded frames, uniform with replacement: (B, positions, N).
 
-    Sampled once per loss call and shared by all K steps, as in CPC_audio. (CPC_audio additionally shifts
-    the frame index so a negative is never the query position itself; with a bank of B * F frames drawn
-    uniformly the chance of hitting the positive is 1 / (B F), which we accept for simplicity.)
+    ``negatives_from``: 'batch' draws from all B * F frames; 'window' draws negatives for window b from its
+    own frames only, b F + [0, F): the same recording, so they cannot be told from the positive by timbre.
+    Sampled once per loss call and shared by all K steps, as in CPC_audio. A negative may be the positive
+    frame z[b, t + k] for some k (chance K / (B F) per draw, K / F with 'window'); :class:`CPCLoss` drops
+    such a negative from that (b, t, k)'s softmax.
     """
-    return torch.randint(0, batch * frames, (batch, positions, negatives), generator=generator, device=device)
+    if negatives_from == "batch":
+        return torch.randint(0, batch * frames, (batch, positions, negatives), generator=generator, device=device)
+    if negatives_from == "window":
+        idx = torch.randint(0, frames, (batch, positions, negatives), generator=generator, device=device)
+        return idx + frames * torch.arange(batch, device=idx.device).view(-1, 1, 1)
+    raise ValueError(f"negatives_from must be 'batch' or 'window', got {negatives_from!r}")
 
 
 class CPCLoss(nn.Module):
@@ -183,6 +197,9 @@ class CPCLoss(nn.Module):
     Computed without ever building (B, 1 + N, T', D) candidates: all K predictions are scored against the
     whole bank of B * F encoded frames in one matrix product, (B K T', D) @ (D, B F), and the positive and
     negative columns are gathered from it. At B = 8, F = 128, K = 12 that matrix is 45 MB.
+
+    A negative whose index is the positive's (b F + t + k) is left out of that (b, t, k)'s softmax (its
+    logit is -inf): it would always tie with the positive, so that row's loss could never fall below log 2.
     """
 
     def __init__(self, config: CPCConfig) -> None:
@@ -214,7 +231,8 @@ class CPCLoss(nn.Module):
         if positions < 1:
             raise ValueError(f"{frames} frames leave no position with {k_steps} future steps (need F > K)")
         if negative_idx is None:
-            negative_idx = sample_negatives(batch, frames, positions, self.config.negatives, generator, z.device)
+            negative_idx = sample_negatives(batch, frames, positions, self.config.negatives, generator, z.device,
+                                            negatives_from=self.config.negatives_from)
         elif negative_idx.shape[:2] != (batch, positions):
             raise ValueError(f"negative_idx must be (B, F - K, N) = ({batch}, {positions}, N), "
                              f"got {tuple(negative_idx.shape)}")
@@ -225,6 +243,12 @@ class CPCLoss(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             pred = self.predict(c[:, :positions])                                # (B, K, T', De)
             bank = z.reshape(batch * frames, de)                                 # (B F, De)
+            scale = 1.0 / de
+            if self.config.score == "cosine":
+                # Unit vectors: a frame cannot win by its norm alone (loud frames), which with the dot score
+                # let a few directions carry the whole loss (the features' effective rank fell from 18 to 6).
+                pred, bank = F.normalize(pred, dim=-1), F.normalize(bank, dim=-1)
+                scale = 1.0 / self.config.temperature
             scores = (pred.reshape(-1, de) @ bank.T).view(batch, k_steps, positions, batch * frames)
             # column of the positive z[b, t + k] in the bank: b F + t + k
             t = torch.arange(positions, device=z.device)
@@ -232,7 +256,11 @@ class CPCLoss(nn.Module):
             b = torch.arange(batch, device=z.device)
             pos_idx = (b.view(-1, 1, 1) * frames + steps.view(1, -1, 1) + t.view(1, 1, -1)).unsqueeze(-1)
             neg_idx = negative_idx.unsqueeze(1).expand(batch, k_steps, positions, negative_idx.shape[-1])
-            logits = scores.gather(3, torch.cat([pos_idx, neg_idx], dim=3)) / de  # (B, K, T', 1 + N)
+            positive = scores.gather(3, pos_idx) * scale                             # (B, K, T', 1)
+            # -inf drops a negative that is the positive itself: exp(-inf) = 0 in the softmax, zero gradient,
+            # and it can never outscore the (finite) positive in the accuracy
+            negative = (scores.gather(3, neg_idx) * scale).masked_fill(neg_idx == pos_idx, float("-inf"))
+            logits = torch.cat([positive, negative], dim=3)                       # (B, K, T', 1 + N)
             # cross-entropy with label 0 = logsumexp - positive logit
             nll = torch.logsumexp(logits, dim=3) - logits[..., 0]
             loss_per_step = nll.mean(dim=(0, 2))

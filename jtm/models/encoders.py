@@ -7,6 +7,9 @@ GEMM runs near the machine's matmul peak in both directions. Channels-last also 
 ChannelNorm (normalise each frame over its channels) a plain ``layer_norm`` over the contiguous last axis,
 and the encoder output is already the (B, F, D) the context network wants, with no transposes.
 The weights keep ``nn.Conv1d``'s (out, in, kernel) shape and meaning, so the maths is an ordinary conv.
+
+Receptive fields at 16 kHz: 465 samples (29 ms) for 'conv', 706 for 'sinc'; too short to tell a semitone apart
+below ~580 Hz. 'gabor' (:class:`GaborEncoder`) reads ``gabor_kernel`` samples (128 ms by default) per frame.
 """
 from __future__ import annotations
 
@@ -190,15 +193,21 @@ class ConvEncoder(nn.Module):
         self.dim = _out_channels(blocks[-1].conv)
 
     def forward(self, wave: Tensor) -> Tensor:
-        if wave.dim() != 2:
-            raise ValueError(f"encoder expects a (batch, samples) waveform, got shape {tuple(wave.shape)}")
-        frames = wave.shape[1] // DOWNSAMPLING
-        if frames < 1:
-            raise ValueError(f"waveform of {wave.shape[1]} samples is shorter than one frame ({DOWNSAMPLING})")
-        x = wave[:, : frames * DOWNSAMPLING, None]
+        """(B, T) -> (B, T // 160, D)."""
+        x = _whole_frames(wave)[..., None]
         for block in self.blocks:
             x = block(x)
         return x
+
+
+def _whole_frames(wave: Tensor) -> Tensor:
+    """(B, T) -> (B, 160 F), F = T // 160: samples past the last whole frame dropped; checks the shape."""
+    if wave.dim() != 2:
+        raise ValueError(f"encoder expects a (batch, samples) waveform, got shape {tuple(wave.shape)}")
+    frames = wave.shape[1] // DOWNSAMPLING
+    if frames < 1:
+        raise ValueError(f"waveform of {wave.shape[1]} samples is shorter than one frame ({DOWNSAMPLING})")
+    return wave[:, : frames * DOWNSAMPLING]
 
 
 class SincEncoder(ConvEncoder):
@@ -225,10 +234,147 @@ def sinc_encoder(dim: int = 256, norm: str = "layer", kernel: int = 251, sample_
     return SincEncoder(_conv_blocks(dim, norm, SincConv(dim, kernel, CONV_LAYERS[0][1], sample_rate)))
 
 
-def build_encoder(config) -> ConvEncoder:
-    """The encoder a :class:`~jtm.models.config.CPCConfig` describes."""
+# ------------------------------------------------------------------ Gabor front end
+# Centre frequencies 440 * 2 ** (m / 24) for m = -93 .. 98: at the default 192 filters exactly 24 per octave,
+# so every equal-tempered semitone (A4 = 440 Hz) is a filter centre, with a quarter-tone filter between two.
+GABOR_MIN_HZ = 440.0 * 2.0 ** (-93 / 24)  # 30.0 Hz, just above A0 (27.5 Hz)
+GABOR_MAX_HZ = 440.0 * 2.0 ** (98 / 24)   # 7459 Hz, below the 8 kHz Nyquist frequency
+GABOR_GAIN = 1000.0
+"""Initial gain before ``log1p``: magnitudes above ~1e-3 (-60 dB full scale) are compressed logarithmically."""
+
+
+def gabor_centres(n_filters: int) -> Tensor:
+    """(n_filters,) float32 centre frequencies in Hz, log-spaced from GABOR_MIN_HZ to GABOR_MAX_HZ."""
+    if n_filters < 2:
+        raise ValueError(f"need at least 2 Gabor filters, got {n_filters}")
+    ratio = GABOR_MAX_HZ / GABOR_MIN_HZ
+    return (GABOR_MIN_HZ * ratio ** torch.linspace(0.0, 1.0, n_filters, dtype=torch.float64)).float()
+
+
+def _clamp_straight_through(x: Tensor, low: float, high: float) -> Tensor:
+    # The value is always in range; the gradient passes the clamp unchanged, so a parameter that wandered
+    # past a bound is not frozen there (a plain clamp has zero gradient outside its range).
+    return x.clamp(low, high).detach() + (x - x.detach())  # x - x.detach() is exactly 0: no rounding
+
+
+class GaborFilterbank(nn.Module):
+    """Learnable complex Gabor filterbank (in the spirit of LEAF, Zeghidour et al. 2021), applied at hop ``stride``.
+
+    Filter i is a Gaussian window of width sigma_i samples times exp(2 pi j f_i t / sample_rate), over
+    ``kernel`` taps centred on t = 0, normalised so a complex exponential at f_i has magnitude 1 (a real sine
+    of amplitude A: A / 2). Initialisation is a fixed constant-Q bank (see :func:`gabor_centres`): each
+    filter's half-power bandwidth equals the spacing to its neighbour (f_i * (2 ** (1 / per_octave) - 1)),
+    except that sigma is capped at (kernel - 1) / 6 so the window fits in the kernel. At kernel 2049 the cap
+    applies below ~600 Hz, where the bandwidth is then 17.6 Hz: a semitone is resolved from ~300 Hz up, and
+    lower notes still peak in their own filter. Learnable: log centre frequency and log sigma, clamped into
+    [10 Hz, Nyquist] and [1, (kernel - 1) / 6] samples so the filters stay valid.
+
+    Input (B, 160 F) -> magnitudes (B, F, n_filters); frame f is centred on sample ``stride * f + stride // 2``.
+    """
+
+    def __init__(self, n_filters: int = 192, kernel: int = 2049, stride: int = DOWNSAMPLING,
+                 sample_rate: int = 16000, eps: float = 1e-8) -> None:
+        super().__init__()
+        if kernel % 2 == 0 or kernel < stride:
+            raise ValueError(f"Gabor kernel must be odd and at least the stride ({stride}), got {kernel}")
+        if GABOR_MAX_HZ >= sample_rate / 2:
+            raise ValueError(f"the Gabor filterbank reaches {GABOR_MAX_HZ:.0f} Hz: needs a sample rate above "
+                             f"{2 * GABOR_MAX_HZ:.0f} Hz, got {sample_rate}")
+        self.n_filters, self.kernel, self.stride, self.eps = n_filters, kernel, stride, eps
+        self.sample_rate = float(sample_rate)
+        self.min_hz, self.max_hz = 10.0, sample_rate / 2
+        self.min_sigma, self.max_sigma = 1.0, (kernel - 1) / 6
+        centres = gabor_centres(n_filters).double()
+        per_octave = (n_filters - 1) / math.log2(GABOR_MAX_HZ / GABOR_MIN_HZ)
+        half_power_hz = centres * (2.0 ** (1.0 / per_octave) - 1.0)
+        sigma_hz = half_power_hz / (2.0 * math.sqrt(2.0 * math.log(2.0)))  # Gaussian: FWHM = 2.355 sigma
+        sigma = (sample_rate / (2.0 * math.pi * sigma_hz)).clamp(self.min_sigma, self.max_sigma)  # in samples
+        self.log_centre_hz = nn.Parameter(centres.log().float())  # (n,)
+        self.log_sigma = nn.Parameter(sigma.log().float())        # (n,)
+        self.register_buffer("t", torch.arange(kernel, dtype=torch.float32) - (kernel - 1) / 2, persistent=False)
+
+    def centres_hz(self) -> Tensor:
+        """(n_filters,) current centre frequencies in Hz."""
+        return _clamp_straight_through(self.log_centre_hz.exp(), self.min_hz, self.max_hz)
+
+    def sigmas(self) -> Tensor:
+        """(n_filters,) current Gaussian widths in samples."""
+        return _clamp_straight_through(self.log_sigma.exp(), self.min_sigma, self.max_sigma)
+
+    def filters(self) -> Tensor:
+        """(2 n_filters, 1, kernel): real parts of all filters, then imaginary parts (``nn.Conv1d`` layout)."""
+        window = torch.exp(-0.5 * (self.t / self.sigmas()[:, None]) ** 2)  # (n, k)
+        window = window / window.sum(dim=1, keepdim=True)
+        phase = (2.0 * math.pi / self.sample_rate) * self.centres_hz()[:, None] * self.t
+        return torch.cat([window * torch.cos(phase), window * torch.sin(phase)], dim=0).unsqueeze(1)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        """(B, T) with T a multiple of ``stride`` -> |filter output| (B, T // stride, n_filters), float32."""
+        if wave.dim() != 2 or wave.shape[1] % self.stride != 0 or wave.shape[1] == 0:
+            raise ValueError(f"GaborFilterbank expects (B, T) with T a positive multiple of {self.stride}, "
+                             f"got shape {tuple(wave.shape)}")
+        # Asymmetric zero padding centres window f on sample stride * f + stride // 2 and gives exactly
+        # T // stride frames (kernel - stride is odd, so symmetric padding would lose one).
+        left = (self.kernel - 1) // 2 - self.stride // 2
+        right = self.kernel - self.stride - left
+        # float32 even under bf16 autocast: bf16's 8-bit mantissa would put a -48 dB floor under quiet bands
+        # next to loud ones, and this GEMM is a small part of the step.
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            x = F.pad(wave.float(), (left, right)).unsqueeze(-1)                   # (B, T + kernel - stride, 1)
+            y = strided_conv(x, self.filters(), None, self.stride, 0)              # (B, F, 2 n)
+            re, im = y[..., : self.n_filters], y[..., self.n_filters :]
+            return torch.sqrt(re * re + im * im + self.eps)
+
+
+class GaborEncoder(nn.Module):
+    """:class:`GaborFilterbank` -> log1p(gain * magnitude) -> 3-tap conv -> pointwise conv, each + norm + ReLU.
+
+    Input (B, T) float waveform -> output (B, F, D), F = T // 160 (as :class:`ConvEncoder`). The filterbank
+    starts as a fixed log-spaced constant-Q bank and the gain at :data:`GABOR_GAIN` for every filter, so an
+    untrained encoder is already a CQT-like spectrogram seen through a random projection: a meaningful
+    baseline for pitch probes, unlike a random conv stack. The frame-rate layers see one frame on each side.
+    """
+
+    def __init__(self, dim: int = 256, norm: str = "layer", n_filters: int = 192, kernel: int = 2049,
+                 sample_rate: int = 16000) -> None:
+        super().__init__()
+        self.filterbank = GaborFilterbank(n_filters, kernel, DOWNSAMPLING, sample_rate)
+        self.log_gain = nn.Parameter(torch.full((n_filters,), math.log(GABOR_GAIN)))
+        self.blocks = nn.ModuleList([
+            ConvBlock(StridedConv(n_filters, dim, 3, 1, 1), build_norm(norm, dim)),
+            ConvBlock(StridedConv(dim, dim, 1, 1, 0), build_norm(norm, dim)),
+        ])
+        self.dim = dim
+
+    def forward(self, wave: Tensor) -> Tensor:
+        """(B, T) -> (B, T // 160, D)."""
+        x = torch.log1p(self.log_gain.exp() * self.filterbank(_whole_frames(wave)))  # (B, F, n_filters)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def build_encoder(config) -> nn.Module:
+    """The encoder a :class:`~jtm.models.config.CPCConfig` describes: (B, T) -> (B, T // 160, encoder_dim)."""
     if config.encoder == "conv":
         return conv_encoder(config.encoder_dim, config.norm)
     if config.encoder == "sinc":
         return sinc_encoder(config.encoder_dim, config.norm, config.sinc_kernel, config.sample_rate)
-    raise ValueError(f"unknown encoder {config.encoder!r}: expected 'conv' or 'sinc'")
+    if config.encoder == "gabor":
+        return GaborEncoder(config.encoder_dim, config.norm, config.gabor_filters, config.gabor_kernel,
+                            config.sample_rate)
+    raise ValueError(f"unknown encoder {config.encoder!r}: expected 'conv', 'sinc' or 'gabor'")
+
+
+def receptive_field(config) -> int:
+    """Samples of waveform one output frame of ``build_encoder(config)`` depends on, at most."""
+    if config.encoder == "gabor":
+        return config.gabor_kernel + 2 * DOWNSAMPLING  # the window, widened by the 3-tap frame-rate conv
+    if config.encoder not in ("conv", "sinc"):
+        raise ValueError(f"unknown encoder {config.encoder!r}: expected 'conv', 'sinc' or 'gabor'")
+    field = config.sinc_kernel if config.encoder == "sinc" else CONV_LAYERS[0][0]
+    jump = CONV_LAYERS[0][1]
+    for kernel, stride, _ in CONV_LAYERS[1:]:
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field

@@ -113,7 +113,7 @@ class CPCPretrainModule(pl.LightningModule):
                 f"{self.config.predict_steps} steps ahead; use a longer --window"
             )
         gen = self._negatives_generator(0 if stage == "train" else 1, step)
-        idx = sample_negatives(batch_size, frames, positions, self.config.negatives, generator=gen).to(z.device)
+        idx = sample_negatives(batch_size, frames, positions, self.config.negatives, generator=gen, negatives_from=self.config.negatives_from).to(z.device)
         out = self.criterion(c, z, negative_idx=idx)
         on_step = stage == "train"
         metrics = {f"{stage}/loss": out.loss}
