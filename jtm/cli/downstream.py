@@ -125,6 +125,7 @@ def study(
     fractions: str = typer.Option(_study_default("fractions"), help="Comma-separated label fractions."),
     methods: str = typer.Option(_study_default("methods"), help="Comma-separated arms: random-linear, logmel-linear, "
                                 "logmel-mlp, cpc-linear, cpc-mlp, cpc-finetune, supervised."),
+    skip: str = typer.Option("", help="Comma-separated task/method pairs to leave out, e.g. ensemble/supervised."),
     seeds: int = typer.Option(_study_default("seeds"), help="Repeats per cell, each with its own label subset."),
     seed: int = typer.Option(_study_default("seed"), help="Base seed (validation hold-out; repeat k uses seed + k)."),
     steps: int = typer.Option(_study_default("steps"), help="Optimizer steps of every run, at every label fraction."),
@@ -154,7 +155,7 @@ def study(
     cfg = StudyConfig(
         data=str(data), out=str(out), pretrained=None if pretrained is None else str(pretrained),
         tasks=tuple(parse_list(tasks)), fractions=tuple(parse_list(fractions, float)),
-        methods=tuple(parse_list(methods)), seeds=seeds, seed=seed, steps=steps, eval_every=eval_every,
+        methods=tuple(parse_list(methods)), skip=tuple(parse_list(skip)), seeds=seeds, seed=seed, steps=steps, eval_every=eval_every,
         patience=patience, probe_lrs=tuple(parse_list(probe_lrs, float)),
         encoder_lrs=tuple(parse_list(encoder_lrs, float)), batch_size=batch_size, window=window, features=features,
         hidden=hidden, val_fraction=val_fraction, max_val_seconds=max_val_seconds, max_eval_seconds=max_eval_seconds,

@@ -217,7 +217,7 @@ def _check_study_folder(cfg: StudyConfig, out: Path) -> None:
     path = out / "study.json"
     if path.is_file():
         old = load_json(path)
-        ignore = set(StudyConfig.MACHINE_KEYS) | {"tasks", "fractions", "methods", "seeds"}
+        ignore = set(StudyConfig.MACHINE_KEYS) | {"tasks", "fractions", "methods", "seeds", "skip"}
         changed = sorted(k for k in set(old) | set(cfg.to_dict()) if k not in ignore
                          and old.get(k) != cfg.to_dict().get(k))
         if changed:
@@ -288,7 +288,7 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> pd.DataFr
     write_json_atomic(out / "environment.json", environment_info())
     store = Store.open(cfg.data)
     fronts = _Frontends(cfg, store, out)
-    cells = [(t, m, float(f)) for t in cfg.tasks for m in cfg.methods for f in sorted(cfg.fractions)]
+    cells = cfg.cells()
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for k, (task, method, fraction) in enumerate(cells, start=1):

@@ -43,6 +43,8 @@ class StudyConfig:
     tasks: tuple[str, ...] = ("transcription",)
     fractions: tuple[float, ...] = (0.1, 1.0)
     methods: tuple[str, ...] = tuple(METHODS)
+    skip: tuple[str, ...] = ()
+    """``task/method`` pairs left out, e.g. ``ensemble/supervised`` (the costly arm of a secondary task)."""
     seeds: int = 3
     seed: int = 0
     """Base seed: the validation hold-out; repeat k uses seed + k for its subset, initialisation and order."""
@@ -88,6 +90,10 @@ class StudyConfig:
             raise JTMError(f"methods {', '.join(needs)} need --pretrained RUN (a CPC pretraining run or its encoder/)")
         if not self.tasks:
             raise JTMError("no task given")
+        pairs = {f"{t}/{m}" for t in self.tasks for m in self.methods}
+        stray = [p for p in self.skip if p not in pairs]
+        if stray:
+            raise JTMError(f"--skip {', '.join(stray)}: not a task/method pair of this study ({', '.join(sorted(pairs))})")
         for f in self.fractions:
             if not 0.0 < float(f) <= 1.0:
                 raise JTMError(f"label fractions must lie in (0, 1], got {f}")
@@ -99,6 +105,11 @@ class StudyConfig:
             raise JTMError(f"--features must be context, encoder or both, not {self.features!r}")
         if self.window % 160 or self.window < 320:
             raise JTMError(f"--window ({self.window}) must be a multiple of 160 samples, at least 320")
+
+    def cells(self) -> list[tuple[str, str, float]]:
+        """(task, method, fraction) of every cell, in the order they run."""
+        return [(t, m, float(f)) for t in self.tasks for m in self.methods for f in sorted(self.fractions)
+                if f"{t}/{m}" not in self.skip]
 
     @property
     def budget(self):
