@@ -36,6 +36,11 @@ class NegativesFrom(str, Enum):
     window = "window"
 
 
+class Score(str, Enum):
+    dot = "dot"
+    cosine = "cosine"
+
+
 class Sampling(str, Enum):
     uniform = "uniform"
     samesequence = "samesequence"
@@ -72,7 +77,11 @@ def pretrain(
     negatives: int = typer.Option(128, help="Negatives per positive, drawn from the batch."),
     negatives_from: NegativesFrom = typer.Option(NegativesFrom.batch, help="batch: any frame of the batch; "
                                                  "window: frames of the positive's own window."),
-    sampling: Sampling = typer.Option(Sampling.uniform, help="Where a batch's windows, hence the negatives, come from."),
+    score: Score = typer.Option(Score.dot, help="dot: pred . z / D (CPC_audio); cosine: cos(pred, z) / --temperature "
+                                "(wav2vec 2.0), which keeps the features from collapsing onto a few directions."),
+    temperature: float = typer.Option(0.1, help="Temperature of the cosine score."),
+    sampling: Sampling = typer.Option(Sampling.samesequence, help="Where a batch's windows, hence the negatives, "
+                                      "come from (samesequence: one recording per batch)."),
     labels_by: Optional[str] = typer.Option(None, help="Metadata column for samecategory (ensemble, composer, ...)."),
     reverse: bool = typer.Option(False, help="Reverse mode: predict the past instead of the future."),
     dropout: float = typer.Option(0.0, help="Dropout in the context network."),
@@ -110,6 +119,7 @@ def pretrain(
             context_dim=context_dim, context_layers=context_layers, heads=heads, dropout=dropout,
             predict_steps=predict_steps, negatives=negatives, reverse=reverse,
             negatives_from=negatives_from.value, gabor_filters=gabor_filters, gabor_kernel=gabor_kernel,
+            score=score.value, temperature=temperature,
         )
     except ValueError as e:  # e.g. an even --gabor-kernel: a usage error, not a crash
         raise typer.BadParameter(str(e)) from None

@@ -85,7 +85,7 @@ class DemoConfig:
     study_steps: int = 300
     eval_every: int = 50
     patience: int = 3
-    probe_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    probe_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     encoder_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     max_val_seconds: float | None = 20.0
     """Seconds of each validation recording scored for selection and the threshold (None: all)."""

@@ -51,7 +51,7 @@ class StudyConfig:
     steps: int = 500
     eval_every: int = 50
     patience: int = 4
-    probe_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    probe_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     """Learning-rate grid of the probes on frozen features."""
     encoder_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     """Learning-rate grid of the arms that train an encoder (fine-tuning: the encoder runs at a tenth)."""

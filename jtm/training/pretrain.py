@@ -51,7 +51,9 @@ class PretrainConfig:
     """Halve the learning rate every this many epochs (0: never)."""
     ramp_epochs: int = 0
     """Linear warm-up of the learning rate over this many epochs (0: none)."""
-    sampling: str = "uniform"
+    sampling: str = "samesequence"
+    """Where a batch's windows, hence the negatives, come from. One recording per batch (CPC_audio's samesequence)
+    by default: negatives from other pieces can be told apart by timbre alone, same-piece ones need finer features."""
     labels_by: str | None = None
     max_memory_gb: float | None = None
     val_fraction: float = 0.1
