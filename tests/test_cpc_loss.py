@@ -20,7 +20,8 @@ def positive_index(batch: int, frames: int, k_steps: int) -> torch.Tensor:
     return b * frames + t + k
 
 
-def naive_loss_without_collisions(weight, bias, c, z, negative_idx, reverse=False) -> CPCOutput:
+def naive_loss_without_collisions(weight, bias, c, z, negative_idx, reverse=False,
+                                  temperature: float | None = None) -> CPCOutput:
     """CPC_audio's loss row by row, each (b, t, k) scored only against its negatives that are not its positive.
 
     A python loop over every (b, k, t): slow, but the removal is literal (fewer candidates), not a mask.
@@ -40,7 +41,10 @@ def naive_loss_without_collisions(weight, bias, c, z, negative_idx, reverse=Fals
                 kept = [int(i) for i in negative_idx[b, t] if int(i) != positive]
                 candidates = bank[[positive, *kept]]                                  # (1 + N', De)
                 prediction = F.linear(c[b, t], weight[k - 1], bias[k - 1])           # (De,)
-                logits = (candidates * prediction).mean(dim=1)                       # (1 + N',)
+                if temperature is None:
+                    logits = (candidates * prediction).mean(dim=1)                   # (1 + N',)
+                else:
+                    logits = F.cosine_similarity(candidates, prediction.unsqueeze(0), dim=1) / temperature
                 row_losses.append(torch.logsumexp(logits, dim=0) - logits[0])
                 row_hits.append(float(logits.argmax() == 0))
         losses.append(torch.stack(row_losses).mean())
@@ -178,3 +182,16 @@ def test_cpc_learns_sinusoid_mixtures():
     chance = 1 / (1 + config.negatives)
     assert sum(accuracy[:10]) / 10 < 3 * chance
     assert sum(accuracy[-25:]) / 25 > 3 * chance
+
+
+def test_cosine_score_equals_naive_with_gradients():
+    """score='cosine': every candidate scored by cos(prediction, z) / temperature, collisions still dropped."""
+    torch.manual_seed(0)
+    config = CPCConfig(encoder_dim=12, context_dim=10, predict_steps=3, negatives=6, score="cosine", temperature=0.2)
+    criterion = CPCLoss(config)
+    c = torch.randn(2, 15, 10, requires_grad=True)
+    z = torch.randn(2, 15, 12, requires_grad=True)
+    idx = sample_negatives(2, 15, 12, 6, generator=torch.Generator().manual_seed(3))
+    idx[0, 0, 0] = 1  # the positive of (b=0, t=0, k=1): a collision
+    reference = lambda *a, **kw: naive_loss_without_collisions(*a, **kw, temperature=0.2)  # noqa: E731
+    assert_same_loss_and_gradients(criterion, c, z, idx, reference)
