@@ -418,3 +418,17 @@ def test_the_study_command(prepared_store, tmp_path: Path) -> None:
     # A changed setting on the same folder is an error message, not a traceback.
     code, _, err = run_cli([*args[:args.index("--steps")], "--steps", "7", *args[args.index("--steps") + 2:]])
     assert code != 0 and "study.json" in err and "steps" in err
+
+
+def test_best_cpc_arm_is_chosen_on_validation_never_on_test() -> None:
+    """cpc-best takes, per (task, fraction, seed), the CPC arm with the higher validation score, even when the
+    other one scored higher on test."""
+    from jtm.pipelines.study import BEST_CPC, best_cpc_rows
+
+    rows = pd.DataFrame({"task": ["transcription"] * 4, "method": ["cpc-linear", "cpc-mlp"] * 2,
+                         "fraction": [0.1, 0.1, 1.0, 1.0], "seed": [0] * 4, "val_score": [0.5, 0.6, 0.7, 0.4],
+                         "headline": [0.9, 0.2, 0.1, 0.8]})
+    best = best_cpc_rows(rows)
+    assert list(best["method"]) == [BEST_CPC, BEST_CPC]
+    assert list(best["chosen"]) == ["cpc-mlp", "cpc-linear"] and list(best["headline"]) == [0.2, 0.1]
+    assert best_cpc_rows(rows[rows["method"] == "cpc-linear"]).empty  # one CPC arm: nothing to choose

@@ -263,8 +263,22 @@ def _chance_rows(cfg: StudyConfig, store: Store) -> list[dict[str, Any]]:
     return rows
 
 
+BEST_CPC = "cpc-best"
+"""A derived arm: per (task, fraction, seed), whichever CPC arm scored best on validation (never on test)."""
+
+
+def best_cpc_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the :data:`BEST_CPC` arm, chosen by ``val_score`` among the cpc-* arms present (when two or more)."""
+    cpc = df[df["method"].str.startswith("cpc-") & (df["method"] != BEST_CPC)]
+    if cpc["method"].nunique() < 2:
+        return df.iloc[0:0]
+    best = cpc.loc[cpc.groupby(["task", "fraction", "seed"])["val_score"].idxmax()]
+    return best.assign(chosen=best["method"], method=BEST_CPC)
+
+
 def _write_tables(out: Path, cfg: StudyConfig, store: Store, rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
+    df = pd.concat([df, best_cpc_rows(df)], ignore_index=True)
     with atomic_path(out / "results.csv") as tmp:
         df.to_csv(tmp, index=False)
     summary = pd.concat([summarize_results(df), pd.DataFrame(_chance_rows(cfg, store))], ignore_index=True)
@@ -304,7 +318,7 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> pd.DataFr
             shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
             log(f"{label}: {rows[-1]['headline_metric']}={shown} lr={result['lr']:g} step {result['best_step']}"
                 f"/{result['steps']} ({status}; {time.perf_counter() - started:.0f} s elapsed)")
-    df = pd.DataFrame(rows)
+    df = pd.read_csv(out / "results.csv")
     summary = pd.read_csv(out / "summary.csv")
     for task in cfg.tasks:
         sub = df[df["task"] == task]
