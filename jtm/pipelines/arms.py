@@ -256,4 +256,3 @@ class EndToEnd:
         return model.eval()
 
 
-Arm = Any  # FrozenProbe | EndToEnd: the protocol above, duck-typed
