@@ -133,3 +133,26 @@ def test_quick_demo_report_has_every_figure(quick_demo) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") >= 4
+
+
+@pytest.mark.slow
+def test_quick_demo_leaves_the_transcription_model_chosen_on_validation(quick_demo) -> None:
+    """OUT/transcriber is the transcription cell with the best validation frame AP (not the best test score),
+    and jtm transcribe accepts it."""
+    import json
+
+    import pandas as pd
+
+    out, proc, _, _ = quick_demo
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_csv(out / "study" / "results.csv")
+    cells = df[(df["task"] == "transcription") & (df["method"] != "cpc-best")]
+    chosen = json.loads((out / "transcriber" / "cell.json").read_text())
+    assert chosen["result"]["val_score"] == pytest.approx(cells["val_score"].max())
+    assert "transcription model chosen on validation" in proc.stdout
+    wav = next((out / "corpus" / "test_data").glob("*.wav"))
+    cmd = [sys.executable, "-c", "from jtm.cli import main; main()", "transcribe", str(wav), "--model",
+           str(out / "transcriber"), "-o", str(out / "midi")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "midi" / f"{wav.stem}.mid").stat().st_size > 0

@@ -283,6 +283,34 @@ def study_config(cfg: DemoConfig, store: Path, pretrain: Path, out: Path):
                        max_eval_seconds=cfg.max_eval_seconds, threads=cfg.threads)
 
 
+def export_transcriber(study: Path, dest: Path) -> dict[str, Any] | None:
+    """Copy the study's transcription cell with the best validation frame AP (never test) to ``dest``, a run
+    folder ``jtm transcribe --model`` takes; return its results row (None without transcription cells)."""
+    import shutil
+
+    import pandas as pd
+
+    results = study / "results.csv"
+    if not results.is_file():
+        return None
+    df = pd.read_csv(results)
+    cells = df[(df["task"] == "transcription") & (df["method"] != "cpc-best")].dropna(subset=["val_score"])
+    if cells.empty:
+        return None
+    from jtm.pipelines.study import fraction_dir
+
+    best = cells.loc[cells["val_score"].idxmax()]
+    cell = study / "transcription" / str(best["method"]) / fraction_dir(best["fraction"]) / f"seed{int(best['seed'])}"
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(cell / "model", tmp / "model")
+    for name in ("run.json", "splits.json", "metrics.json", "cell.json"):
+        shutil.copy2(cell / name, tmp / name)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in best.to_dict().items()}
+
+
 def results_table(summary_csv: Path) -> str:
     """A study's ``summary.csv`` as text: per task, one row per method (chance last), one column per fraction,
     each cell the mean over seeds +- the half-width of its 95 % interval."""
@@ -402,6 +430,11 @@ def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: 
     echo("")
     echo(table)
     echo("")
+    transcriber = export_transcriber(study, out / "transcriber")
+    if transcriber is not None:
+        echo(f"transcription model chosen on validation: {transcriber['run']} (validation frame AP "
+             f"{transcriber['val_score']:.3f}), copied to {out / 'transcriber'}; use it with "
+             f"`jtm transcribe YOUR_AUDIO --model {out / 'transcriber'} -o midi`")
     write_json_atomic(out / "stages" / "timings.json", {"stage_seconds": stages.seconds, "total_seconds": total,
                                                         "reused": stages.reused})
     return DemoResult(out=out, report=report, results=results, stage_seconds=stages.seconds,
