@@ -48,8 +48,9 @@ def test_pretrain_learns_exports_and_reloads(synth_store: Path, tmp_path: Path) 
     # CPC at k=1 must end clearly above chance, 1 / (1 + negatives).
     chance = 1 / (1 + NEGATIVES)
     assert metrics["val/acc_k1"] > 3 * chance, metrics
-    # Nearer futures are easier to predict than far ones.
-    assert metrics["val/acc_k1"] > metrics["val/acc_k4"]
+    # Nearer futures are easier to predict than far ones. The loss, not the accuracy: on this tiny validation set
+    # (288 positions) the accuracies of k = 1 and k = 4 lie within one standard error (0.02) of each other.
+    assert metrics["val/loss_k1"] < metrics["val/loss_k4"], metrics
 
     run = tmp_path / "run"
     assert json.loads((run / "run.json").read_text())["model"]["encoder_dim"] == 48
