@@ -37,9 +37,14 @@ from typing import Any
 
 from jtm.errors import JTMError
 from jtm.fileio import load_json, write_json_atomic
+from jtm.pipelines.study_config import StudyConfig
 from jtm.training.runs import changed_keys
 
 Echo = Callable[[str], None]
+
+
+def _study_default(name: str) -> Any:
+    return StudyConfig.__dataclass_fields__[name].default
 
 
 @dataclass
@@ -85,13 +90,14 @@ class DemoConfig:
     skip: tuple[str, ...] = ("ensemble/supervised",)
     """Training the encoder from scratch is the study's costliest arm (about 30 s a run here, 5 runs a cell);
     the demo keeps it for transcription, the project's headline task (``jtm study`` runs every pair)."""
-    seeds: int = 3
-    study_steps: int = 300
-    eval_every: int = 50
-    patience: int = 3
-    probe_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
-    encoder_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
-    max_val_seconds: float | None = 20.0
+    # The protocol's settings default to jtm study's own (StudyConfig), so each is written once.
+    seeds: int = _study_default("seeds")
+    study_steps: int = _study_default("steps")
+    eval_every: int = _study_default("eval_every")
+    patience: int = _study_default("patience")
+    probe_lrs: tuple[float, ...] = _study_default("probe_lrs")
+    encoder_lrs: tuple[float, ...] = _study_default("encoder_lrs")
+    max_val_seconds: float | None = _study_default("max_val_seconds")
     """Seconds of each validation recording scored for selection and the threshold (None: all)."""
     max_eval_seconds: float | None = None
     """Seconds of each test recording that are evaluated (None: all)."""

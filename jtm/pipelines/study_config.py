@@ -48,9 +48,9 @@ class StudyConfig:
     seeds: int = 3
     seed: int = 0
     """Base seed: the validation hold-out; repeat k uses seed + k for its subset, initialisation and order."""
-    steps: int = 500
+    steps: int = 300
     eval_every: int = 50
-    patience: int = 4
+    patience: int = 3
     probe_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     """Learning-rate grid of the probes on frozen features."""
     encoder_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
@@ -62,7 +62,7 @@ class StudyConfig:
     hidden: int = 512
     dropout: float = 0.2
     val_fraction: float = 0.15
-    max_val_seconds: float | None = 30.0
+    max_val_seconds: float | None = 20.0
     """Seconds of each validation recording scored for selection and the threshold (None: all)."""
     max_eval_seconds: float | None = None
     """Seconds of each test recording scored (None: all)."""
