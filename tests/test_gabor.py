@@ -161,3 +161,22 @@ def test_embed_in_chunks_equals_one_pass_with_a_long_kernel():
     chunked = model.embed(audio, 16000, layer="encoder", chunk_seconds=0.2)
     assert whole.shape == (200, 16)
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
+def test_fixed_filters_keep_their_constant_q_start_while_the_rest_trains(tmp_path: Path):
+    """gabor_learnable=False: a CPC-style optimiser step moves the frame-rate layers but not the filters, and the
+    setting survives save/load."""
+    torch.manual_seed(0)
+    encoder = CPCEncoder(CPCConfig(encoder="gabor", encoder_dim=16, context_dim=16, gabor_learnable=False))
+    centres = encoder.encoder.filterbank.log_centre_hz.detach().clone()
+    block = next(encoder.encoder.blocks.parameters()).detach().clone()
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-2)
+    z, c = encoder(torch.randn(2, 3200))
+    (z.square().mean() + c.square().mean()).backward()
+    optimizer.step()
+    assert torch.equal(encoder.encoder.filterbank.log_centre_hz, centres)
+    assert not torch.equal(next(encoder.encoder.blocks.parameters()).detach(), block)
+    encoder.save_pretrained(tmp_path / "enc")
+    loaded = CPCEncoder.from_pretrained(tmp_path / "enc")
+    assert loaded.config.gabor_learnable is False
+    assert not loaded.encoder.filterbank.log_centre_hz.requires_grad

@@ -67,6 +67,8 @@ def pretrain(
                                     "gabor: learnable constant-Q Gabor filterbank (128 ms windows)."),
     gabor_filters: int = typer.Option(192, help="Gabor filters from 30 Hz to 7.5 kHz (192: 24 per octave)."),
     gabor_kernel: int = typer.Option(2049, help="Gabor window in samples (odd, at least 1025)."),
+    gabor_learnable: bool = typer.Option(True, help="Let CPC move the Gabor filters' centres and widths "
+                                         "(--no-gabor-learnable keeps the constant-Q start)."),
     norm: Norm = typer.Option(Norm.layer, help="Normalisation in the encoder."),
     context: Context = typer.Option(Context.gru, help="Context network over the encoded frames."),
     context_layers: int = typer.Option(1, help="Layers in the context network."),
@@ -119,6 +121,7 @@ def pretrain(
             context_dim=context_dim, context_layers=context_layers, heads=heads, dropout=dropout,
             predict_steps=predict_steps, negatives=negatives, reverse=reverse,
             negatives_from=negatives_from.value, gabor_filters=gabor_filters, gabor_kernel=gabor_kernel,
+            gabor_learnable=gabor_learnable,
             score=score.value, temperature=temperature,
         )
     except ValueError as e:  # e.g. an even --gabor-kernel: a usage error, not a crash

