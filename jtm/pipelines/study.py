@@ -158,7 +158,10 @@ def run_cell(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, fract
             best = (lr, selected, model)
     assert best is not None
     lr, selected, model = best
-    return _score_cell(cfg, arm, model, view, cell, lr, selected, tried, val_truth)
+    result = _score_cell(cfg, arm, model, view, cell, lr, selected, tried, val_truth)
+    run = _downstream_config(cfg, view, cell, lr, method, fraction, cfg.seed + repeat)
+    write_json_atomic(cell / "run.json", run.to_dict())
+    return result
 
 
 def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Path, lr: float, selected: Any,
@@ -182,7 +185,6 @@ def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Pa
     splits = view.data.splits
     write_json_atomic(cell / "splits.json", {k: ids[getattr(splits, k)].tolist()
                                              for k in ("train", "train_pool", "val", "test")})
-    write_json_atomic(cell / "run.json", _downstream_config(cfg, view, cell, lr).to_dict())
     return {"lr": lr, "lrs_tried": tried, "val_score": selected.val_score, "best_step": selected.best_step,
             "steps": selected.steps, "curve": selected.curve, "train_seconds": round(selected.seconds, 3),
             "eval_seconds": round(time.perf_counter() - t0, 3), "threshold": threshold,
@@ -190,17 +192,17 @@ def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Pa
             "metrics": metrics}
 
 
-def _downstream_config(cfg: StudyConfig, view: TaskView, cell: Path, lr: float) -> DownstreamConfig:
+def _downstream_config(cfg: StudyConfig, view: TaskView, cell: Path, lr: float, method_name: str, fraction: float,
+                       seed: int) -> DownstreamConfig:
     """The cell described as a downstream run (``run.json``), so ``jtm evaluate CELL``, ``jtm transcribe --model
     CELL`` and the report treat it like any other: same store, task, splits (hold-out seed, subset seed), window."""
-    method = METHODS[cell.parent.parent.name]
-    seed = int(cell.name.removeprefix("seed"))
+    method = METHODS[method_name]
     encoder = str(cfg.pretrained) if method.encoder == "pretrained" else method.encoder
     return DownstreamConfig(
         data=str(Path(cfg.data).resolve()), out=str(cell), task=view.task, encoder=encoder,
         architecture=cfg.pretrained if method.encoder in ("random", "supervised") else None, probe=method.probe,
         finetune=method.finetune, features=cfg.features if method.encoder in ("pretrained", "random") else "context",
-        label_fraction=float(cell.parent.name[1:]), subset_seed=seed, seed=cfg.seed, val_fraction=cfg.val_fraction,
+        label_fraction=float(fraction), subset_seed=seed, seed=cfg.seed, val_fraction=cfg.val_fraction,
         window=cfg.window, batch_size=cfg.batch_size, steps=cfg.steps, eval_every=cfg.eval_every, lr=lr,
         hidden=cfg.hidden, probe_dropout=cfg.dropout, tune_max_seconds=cfg.max_val_seconds, progress=False)
 
