@@ -10,6 +10,7 @@ same batch size in both kinds, so a step means the same amount of labelled data 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,8 +83,6 @@ def window_starts(n: int, window: int) -> list[int]:
 class FrozenProbe:
     """A linear or MLP probe on cached features of a frozen front end, standardised with statistics of the
     label subset (so every front end reaches the probe on the same scale)."""
-
-    trains_frontend = False
 
     def __init__(self, view: TaskView, cache: FeatureCache, probe: str, hidden: int, dropout: float,
                  max_stat_frames: int = 200_000) -> None:
@@ -172,8 +171,6 @@ class FrozenProbe:
 
 
 def _fold_standardisation(model: nn.Module, mean: np.ndarray, std: np.ndarray) -> nn.Module:
-    import copy
-
     probe = copy.deepcopy(model)
     first = next(m for m in probe.modules() if isinstance(m, nn.Linear))
     with torch.no_grad():
@@ -187,8 +184,6 @@ class EndToEnd:
     """A CPC-architecture model trained on audio windows: fine-tuned from the pretrained encoder (the probe at
     ``lr``, the encoder at ``lr / 10``) or trained from scratch (everything at ``lr``)."""
 
-    trains_frontend = True
-
     def __init__(self, view: TaskView, frontend: CPCEncoder, finetune: bool, features: str = "context",
                  context_frames: int | None = None) -> None:
         self.view, self.source, self.finetune, self.features = view, frontend, finetune, features
@@ -196,8 +191,6 @@ class EndToEnd:
         self.context_frames = max(0, min(w // 8 if context_frames is None else context_frames, (w - 1) // 2))
 
     def build(self, seed: int, lr: float) -> tuple[nn.Module, torch.optim.Optimizer]:
-        import copy
-
         torch.manual_seed(seed)
         frontend = copy.deepcopy(self.source) if self.finetune else CPCEncoder(self.source.config)
         model = DownstreamModel.build(self.view.task, frontend, features=self.features, probe="linear",
