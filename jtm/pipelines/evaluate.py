@@ -285,16 +285,16 @@ def evaluate_run(run: str | Path, split: str = "test", *, data: str | Path | Non
         "n_tracks": int(len(tracks)), "tracks": ids[tracks].tolist(), "context_frames": ctx,
         "max_seconds": max_seconds, "seconds": round(time.perf_counter() - t0, 3), **metrics,
     }
-    write_json_atomic(run / "metrics.json", _json_safe(result))
+    write_json_atomic(run / "metrics.json", json_safe(result))
     return result
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """NaN/inf become null so metrics.json is strict JSON (absent classes and instruments have no score)."""
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
         value = float(obj)
         return value if math.isfinite(value) else None

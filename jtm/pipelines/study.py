@@ -54,10 +54,11 @@ from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import is_frame_task, load_frontend_source
 from jtm.models.logmel import LogMel
 from jtm.pipelines.arms import EndToEnd, FrozenProbe, TaskView, frame_limit
-from jtm.pipelines.evaluate import headline_metric, score_classification, score_frames, track_labels
+from jtm.pipelines.evaluate import headline_metric, json_safe, score_classification, score_frames, track_labels
 from jtm.pipelines.features import FeatureCache
 from jtm.training.downstream import DownstreamConfig, frame_roll, labelled_tracks, positive_weight, task_data
 from jtm.pipelines.study_config import METHODS, Method, StudyConfig
+from jtm.training.runs import changed_keys, refuse_changed_config
 from jtm.training.selection import train_selected
 
 
@@ -216,15 +217,9 @@ def _pitch_view(roll: np.ndarray, task: str) -> np.ndarray:
 
 
 def _check_study_folder(cfg: StudyConfig, out: Path) -> None:
-    path = out / "study.json"
-    if path.is_file():
-        old = load_json(path)
-        ignore = set(StudyConfig.MACHINE_KEYS) | {"tasks", "fractions", "methods", "seeds", "skip"}
-        changed = sorted(k for k in set(old) | set(cfg.to_dict()) if k not in ignore
-                         and old.get(k) != cfg.to_dict().get(k))
-        if changed:
-            raise JTMError(f"{path}: this study was made with a different configuration ({', '.join(changed)} "
-                           "differ); use a new --out, or delete the folder to start over")
+    # Tasks, fractions, arms and seeds may grow between runs: each cell checks its own configuration.
+    ignore = (*StudyConfig.MACHINE_KEYS, "tasks", "fractions", "methods", "seeds", "skip")
+    refuse_changed_config(out / "study.json", cfg.to_dict(), ignore, kind="study")
 
 
 def _row(task: str, method: str, fraction: float, repeat: int, cfg: StudyConfig, result: dict[str, Any],
@@ -341,30 +336,17 @@ def _cell_result(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, f
         saved = load_json(path)
         if saved.get("config") == config:
             return saved["result"], "done earlier, reused"
-        changed = sorted(k for k in set(config) | set(saved.get("config", {}))
-                         if config.get(k) != saved.get("config", {}).get(k))
+        changed = changed_keys(saved.get("config") or {}, config)
         raise JTMError(f"{path}: this cell was computed with another configuration ({', '.join(changed)} differ); "
                        "delete the cell folder (or use a new --out) to recompute it")
     cell.mkdir(parents=True, exist_ok=True)
     result = run_cell(cfg, fronts, task, method, fraction, repeat, lr_choice, cell)
-    write_json_atomic(cell / "metrics.json", _json_safe({"task": task, "split": "test",
+    write_json_atomic(cell / "metrics.json", json_safe({"task": task, "split": "test",
                                                          "headline_metric": headline_metric(task),
                                                          "headline": result["metrics"].get(headline_metric(task)),
                                                          **result["metrics"]}))
-    write_json_atomic(path, _json_safe({"config": config, "result": result}))
+    write_json_atomic(path, json_safe({"config": config, "result": result}))
     return load_json(path)["result"], f"trained {result['train_seconds']:.1f} s, scored {result['eval_seconds']:.1f} s"
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _safe(name: str) -> str:
