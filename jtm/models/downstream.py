@@ -202,10 +202,7 @@ class DownstreamModel(nn.Module):
         if self.is_frame_task:
             raise ValueError("predict_windows is for classification tasks")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        n = len(audio)
-        starts = list(range(0, n - window + 1, window)) if n >= window else [0]
-        if n > window and n - (starts[-1] + window) >= HOP:
-            starts.append(n - window)
+        starts = window_starts(len(audio), window, min_remainder=HOP)
         probs = []
         was_training = self.training
         self.eval()
@@ -278,6 +275,15 @@ class DownstreamModel(nn.Module):
         model = cls.from_config(config, directory / CONFIG_NAME)
         load_weights_into(model, read_pretrained_weights(directory), directory / WEIGHTS_NAME)
         return model.to(map_location).eval()
+
+
+def window_starts(n: int, window: int, min_remainder: int = 1) -> list[int]:
+    """Starts of the windows that classify a length-``n`` sequence (samples or frames alike): non-overlapping from
+    0, plus one window aligned with the end when at least ``min_remainder`` is left over; [0] when n < window."""
+    starts = list(range(0, n - window + 1, window)) if n >= window else [0]
+    if n > window and n - (starts[-1] + window) >= min_remainder:
+        starts.append(n - window)
+    return starts
 
 
 def read_downstream_config(directory: str | Path) -> dict[str, Any]:

@@ -4,9 +4,10 @@ Both present the same face to the protocol (:func:`jtm.training.selection.train_
 makes a fresh model and its optimiser, ``batches(seed)`` yields training batches for ever, ``loss(batch)`` scores
 one, and ``predict(tracks, max_seconds)`` gives whole-recording outputs in the layout the scorers of
 :mod:`jtm.pipelines.evaluate` read: frame probabilities (F, n_out) from sample 0 for frame tasks, class
-probabilities of every window (n_windows, C) for classification (windows as ``DownstreamModel.predict_windows``
-cuts them). Training windows have the same length (``window`` samples = ``window // 160`` frames) and the
-same batch size in both kinds, so a step means the same amount of labelled data everywhere.
+probabilities of every window (n_windows, C) for classification (windows placed by ``window_starts``, as
+``DownstreamModel.predict_windows`` places them). Training windows have the same length (``window`` samples =
+``window // 160`` frames) and the same batch size in both kinds, so a step means the same amount of labelled data
+everywhere.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from jtm.data.store import Store
 from jtm.data.windows import WindowBatches
 from jtm.errors import JTMError
 from jtm.models.cpc import CPCEncoder
-from jtm.models.downstream import DownstreamModel, is_frame_task
+from jtm.models.downstream import DownstreamModel, is_frame_task, window_starts
 from jtm.models.logmel import LogMel
 from jtm.models.probes import build_probe
 from jtm.pipelines.features import FeatureCache
@@ -70,14 +71,6 @@ def frame_limit(max_seconds: float | None, sample_rate: int) -> int | None:
     """Frames in the first ``max_seconds`` of a recording (None: all): what every arm predicts and every truth
     is cut to, so predictions and labels always have the same length."""
     return None if max_seconds is None else int(max_seconds * sample_rate) // HOP
-
-
-def window_starts(n: int, window: int) -> list[int]:
-    """Window starts over a length-``n`` sequence, as ``DownstreamModel.predict_windows`` places them."""
-    starts = list(range(0, n - window + 1, window)) if n >= window else [0]
-    if n > window and n - (starts[-1] + window) >= 1:
-        starts.append(n - window)
-    return starts
 
 
 class FrozenProbe:
@@ -152,7 +145,8 @@ class FrozenProbe:
                 out.append(torch.sigmoid(model(feats.unsqueeze(0))[0]).numpy())
             else:
                 w = self.view.window_frames
-                windows = [F.pad(feats[s:s + w], (0, 0, 0, w - len(feats[s:s + w]))) for s in window_starts(len(feats), w)]
+                windows = [F.pad(feats[s:s + w], (0, 0, 0, w - len(feats[s:s + w])))
+                           for s in window_starts(len(feats), w)]
                 out.append(torch.softmax(model(torch.stack(windows)), dim=-1).numpy())
         return out
 
