@@ -364,7 +364,8 @@ def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: 
     corpus, store, pretrain, study = out / "corpus", out / "store", out / "pretrain", out / "study"
     report = out / "report.html"
     stages = _Stages(out, echo)
-    echo(f"jtm demo in {out}: {cfg.minutes:g} min of audio, CPC {cfg.encoder_dim}/{cfg.context_dim}-dim {cfg.encoder}+GRU, "
+    echo(f"jtm demo in {out}: {cfg.minutes:g} min of audio, "
+         f"CPC {cfg.encoder_dim}/{cfg.context_dim}-dim {cfg.encoder}+GRU, "
          f"{cfg.pretrain_epochs} pretraining epoch(s), study of {', '.join(cfg.tasks)} at label fractions "
          f"{', '.join(format(f, 'g') for f in cfg.fractions)} ({torch.get_num_threads()} threads)")
 

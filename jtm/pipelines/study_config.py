@@ -93,7 +93,8 @@ class StudyConfig:
         pairs = {f"{t}/{m}" for t in self.tasks for m in self.methods}
         stray = [p for p in self.skip if p not in pairs]
         if stray:
-            raise JTMError(f"--skip {', '.join(stray)}: not a task/method pair of this study ({', '.join(sorted(pairs))})")
+            raise JTMError(f"--skip {', '.join(stray)}: not a task/method pair of this study "
+                           f"({', '.join(sorted(pairs))})")
         for f in self.fractions:
             if not 0.0 < float(f) <= 1.0:
                 raise JTMError(f"label fractions must lie in (0, 1], got {f}")
