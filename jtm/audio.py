@@ -12,7 +12,12 @@ import soxr
 from jtm.errors import DataError
 
 SAMPLE_RATE = 16_000
-"""The rate every model in jtm works at: a 160x encoder then gives 100 frames per second."""
+"""The rate every model in jtm works at."""
+HOP = 160
+"""Samples per frame: every front end's stride and every label frame (10 ms at ``SAMPLE_RATE``); frame ``f``
+of a signal covers samples ``[HOP f, HOP (f + 1))``."""
+FRAME_RATE = SAMPLE_RATE / HOP
+"""Frames per second (100.0)."""
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 

@@ -17,10 +17,8 @@ from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 
+from jtm.audio import HOP  # noqa: F401  (re-exported: label frames are the audio frames)
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, N_PITCHES
-
-HOP = 160
-"""Samples per label frame at 16 kHz (10 ms); equals the encoder's total stride."""
 
 N_INSTRUMENTS = len(INSTRUMENT_PROGRAMS)
 
