@@ -13,6 +13,7 @@ hashed source listing (paths, sizes, mtimes and the settings) matches, nothing i
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -46,7 +47,8 @@ from jtm.data.musicnet import (
     report,
 )
 from jtm.errors import DataError
-from jtm.fileio import atomic_path, load_npy, save_npy_atomic, write_json_atomic
+from jtm.fileio import atomic_path, folder_lock, load_npy, save_npy_atomic, write_json_atomic
+from jtm.workers import die_with_parent
 
 STORE_FORMAT = "jtm-store"
 STORE_VERSION = 1
@@ -194,7 +196,9 @@ def _run_tasks(tasks: list[_Task], workers: int, progress: bool) -> Iterator[_Do
             return
         # spawn, not fork: the parent may hold torch/OpenMP threads, and forking those can deadlock.
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        # die_with_parent: a SIGKILLed command must not leave idle workers behind.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             pending: set[Future[_Done]] = {pool.submit(_process_track, t) for t in tasks}
             try:
                 while pending:
@@ -207,6 +211,22 @@ def _run_tasks(tasks: list[_Task], workers: int, progress: bool) -> Iterator[_Do
                     fut.cancel()
     finally:
         bar.close()
+
+
+def _reserve_space(path: Path) -> None:
+    """Allocate the disk blocks of a (sparse) file now, so that a full disk raises ENOSPC here.
+
+    Without this, writing into a memory map of a sparse file on a full disk kills the process with SIGBUS.
+    """
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return  # a file system without fallocate: nothing to reserve with
+            raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _write_shards(store: Path, lengths: list[int], work_stems: list[str], shard_bytes: int) -> list[tuple[int, int]]:
@@ -233,6 +253,7 @@ def _write_shards(store: Path, lengths: list[int], work_stems: list[str], shard_
         with atomic_path(shard_dir / f"{k:05d}.npy") as tmp:
             # Written through a memmap so a shard never needs a second in-memory copy.
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(total,))
+            _reserve_space(tmp)
             for i in members:
                 _, off = placement[i]
                 out[off : off + lengths[i]] = load_npy(work_stems[i] + ".npy")
@@ -305,6 +326,14 @@ def prepare_store(
     src, store = Path(src), Path(store)
     if not src.is_dir():
         raise DataError(src, "source folder not found")
+    # One writer per store: a second prepare into it is refused while this one runs.
+    with folder_lock(store):
+        return _prepare_locked(src, store, t0, workers=workers, on_error=on_error, progress=progress,
+                               shard_mb=shard_mb, min_seconds=min_seconds)
+
+
+def _prepare_locked(src: Path, store: Path, t0: float, *, workers: int | None, on_error: OnError, progress: bool,
+                    shard_mb: float, min_seconds: float) -> PrepareSummary:
     settings = {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,

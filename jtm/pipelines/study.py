@@ -48,7 +48,7 @@ from jtm.errors import JTMError
 from jtm.evaluation.metrics import ranking_average_precision, tune_threshold
 from jtm.evaluation.plots import plot_label_efficiency
 from jtm.evaluation.stats import chance_row, summarize_results
-from jtm.fileio import atomic_path, load_json, write_json_atomic
+from jtm.fileio import atomic_path, folder_lock, load_json, write_json_atomic
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import is_frame_task, load_frontend_source
@@ -285,7 +285,16 @@ def _write_tables(out: Path, cfg: StudyConfig, store: Store, rows: list[dict[str
 
 
 def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run (or complete) the study; return the results table (one row per task, method, fraction, seed)."""
+    """Run (or complete) the study; return the results table (one row per task, method, fraction, seed).
+
+    The study folder is locked (:func:`jtm.fileio.folder_lock`): a second study into it is refused.
+    """
+    cfg.validate()
+    with folder_lock(cfg.out):
+        return _run_study(cfg, log)
+
+
+def _run_study(cfg: StudyConfig, log: Callable[[str], None]) -> pd.DataFrame:
     import torch
 
     from jtm.pipelines.environment import environment_info, usable_cpus

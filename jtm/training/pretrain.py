@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,13 @@ from torch.utils.data import DataLoader
 from jtm.data.store import Store
 from jtm.data.windows import WindowBatches, split_tracks
 from jtm.errors import JTMError
-from jtm.fileio import load_json, write_json_atomic
+from jtm.fileio import disk_full_errors, folder_lock, load_json, write_json_atomic
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder, CPCLoss, sample_negatives
 from jtm.training.callbacks import ResumableLoader, SetEpoch
 from jtm.training.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
 from jtm.training.runs import refuse_changed_config
+from jtm.workers import is_first_process
 
 
 @dataclass
@@ -235,7 +237,16 @@ def _check_run_folder(cfg: PretrainConfig) -> None:
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    """Train (or resume) CPC as configured; export the encoder to ``RUN/encoder``; return final metrics."""
+    """Train (or resume) CPC as configured; export the encoder to ``RUN/encoder``; return final metrics.
+
+    The run folder is locked (:func:`jtm.fileio.folder_lock`) by the job's first process: a second run into it is
+    refused. A full disk, even in Lightning's own log writers, is a :class:`jtm.fileio.DiskFullError`.
+    """
+    with folder_lock(cfg.out) if is_first_process() else nullcontext(), disk_full_errors(cfg.out):
+        return _run_pretrain(cfg)
+
+
+def _run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     _check_run_folder(cfg)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
