@@ -225,3 +225,196 @@ def test_plan_mixes_composers_and_ensembles():
     assert make_plan(0) == plan and make_plan(1) != plan
     arranged = [s for s in plan if s.corpus_path.startswith("bach/")]
     assert all("arr. for" in s.composition for s in arranged)
+
+
+# --- timbre diversity: several renderings per piece, several soundfonts, the held-out-timbre split ----------------
+
+TIMBRE_ARGS = dict(ARGS, renderings=2)
+
+
+def _fonts(folder: Path) -> tuple[list[Path], Path]:
+    """Two training soundfonts and one held-out soundfont (copies of the default under other names)."""
+    from jtm.data.synth import default_soundfont
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in ("FontA.sf2", "FontB.sf2", "Held.sf2")]
+    for p in paths:
+        shutil.copyfile(default_soundfont(), p)
+    return paths[:2], paths[2]
+
+
+@pytest.fixture(scope="module")
+def timbre_corpus(tmp_path_factory) -> tuple[Path, list[Path], Path]:
+    """Built through the CLI, with ``--soundfont`` given twice and a held-out soundfont."""
+    from typer.testing import CliRunner
+
+    import jtm.cli  # noqa: F401  (registers the commands)
+    from jtm.cli.app import app
+
+    base = tmp_path_factory.mktemp("timbre")
+    fonts, held = _fonts(base / "fonts")
+    out = base / "corpus"
+    args = ["data", "synth", str(out), "--minutes", "0.5", "--max-seconds", "5", "--test-fraction", "0.3",
+            "--workers", "2", "--renderings", "2", "--soundfont", str(fonts[0]), "--soundfont", str(fonts[1]),
+            "--heldout-soundfont", str(held)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out, fonts, held
+
+
+def _recordings(out: Path) -> dict[int, dict]:
+    from jtm.data.synth import read_recordings
+
+    recs = read_recordings(out)
+    for rid, rec in recs.items():
+        rec["wav"] = out / f"{rec['split']}_data" / f"{rid}.wav"
+        rec["csv"] = out / f"{rec['split']}_labels" / f"{rid}.csv"
+    return recs
+
+
+def test_renderings_share_split_labels_and_length(timbre_corpus):
+    out, _, _ = timbre_corpus
+    recs = _recordings(out)
+    metadata = pd.read_csv(out / "musicnet_metadata.csv")
+    assert set(metadata["id"]) == set(recs)
+    assert {_split_of(out, rid) for rid in recs} == {"train", "test"}
+    by_piece: dict[int, list[dict]] = {}
+    for rid, rec in recs.items():
+        assert _split_of(out, rid) == rec["split"]
+        by_piece.setdefault(rec["piece"], []).append(rec)
+    for piece, group in by_piece.items():
+        assert len({r["split"] for r in group}) == 1, f"piece {piece} is on both sides of the split"
+        normal = sorted(r["rendering"] for r in group if not r["heldout"])
+        assert normal == [0, 1]
+        assert len(group) == 2 + (group[0]["split"] == "test")  # + the held-out rendering of a test piece
+        # Labels are byte-identical across timbres, and every recording has the same number of samples.
+        assert len({r["csv"].read_bytes() for r in group}) == 1
+        assert len({sf.info(str(r["wav"])).frames for r in group}) == 1
+        assert len({r["wav"].read_bytes() for r in group}) == len(group)  # but they sound different
+    rows = metadata.set_index("id")
+    for rid, rec in recs.items():  # every recording is its own row with its piece's metadata
+        assert rows.loc[rid, "composition"] == rows.loc[rec["piece"], "composition"]
+
+
+def test_heldout_timbres_never_reach_training(timbre_corpus):
+    from jtm.data.synth import heldout_timbre_ids, piece_of
+    from jtm.data.synth.timbre import in_training_family
+
+    out, fonts, held = timbre_corpus
+    recs = _recordings(out)
+    heldout = heldout_timbre_ids(out)
+    test_pieces = {r["piece"] for r in recs.values() if r["split"] == "test"}
+    assert heldout and {recs[i]["piece"] for i in heldout} == test_pieces
+    assert all(recs[i]["split"] == "test" and recs[i]["soundfont"] == held.name for i in heldout)
+    train = [r for r in recs.values() if r["split"] == "train"]
+    assert train and all(in_training_family(r["timbre"], n_train_soundfonts=2) for r in train)
+    assert {r["soundfont"] for r in train} == {f.name for f in fonts}  # both training soundfonts are used
+    assert {r["soundfont"] for r in recs.values() if not r["heldout"]} == {f.name for f in fonts}
+    transcribers = pd.read_csv(out / "musicnet_metadata.csv").set_index("id")["transcriber"]
+    assert all(Path(recs[i]["soundfont"]).stem in transcribers[i] for i in recs)
+    assert piece_of(out) == {i: r["piece"] for i, r in recs.items()}
+
+
+def test_reference_rendering_is_the_one_timbre_corpus(corpus, timbre_corpus):
+    """Rendering 0 keeps the corpus of a plain build: same ids, splits and bytes (the fonts are copies)."""
+    plain, _ = corpus
+    out, _, _ = timbre_corpus
+    first = {rid: r for rid, r in _recordings(out).items() if r["rendering"] == 0}
+    assert set(first) == {int(p.stem) for p in plain.glob("*_data/*.wav")}
+    for rid, rec in first.items():
+        split = _split_of(plain, rid)
+        assert rec["split"] == split
+        assert rec["wav"].read_bytes() == (plain / f"{split}_data" / f"{rid}.wav").read_bytes()
+    assert not (plain / "jtm_timbre.json").exists()
+
+
+def test_timbre_corpus_is_deterministic_and_resumable(timbre_corpus, tmp_path):
+    out, fonts, held = timbre_corpus
+    again = tmp_path / "again"
+    summary = build_corpus(again, seed=0, soundfont=fonts, heldout_soundfont=[held], **TIMBRE_ARGS)
+    assert _hashes(again) == _hashes(out)
+    assert summary.n_recordings == 2 * summary.n_pieces + summary.n_test
+    assert summary.n_heldout == summary.n_test
+    wavs = sorted(again.glob("*_data/1????.wav"))
+    wavs[0].unlink()  # a rendering killed before it was written
+    build_corpus(again, seed=0, soundfont=fonts, heldout_soundfont=[held], **TIMBRE_ARGS)
+    assert _hashes(again) == _hashes(out)
+    with pytest.raises(DataError, match="other settings"):  # one font fewer is another corpus
+        build_corpus(again, seed=0, soundfont=fonts[:1], heldout_soundfont=[held], **TIMBRE_ARGS)
+
+
+def _piece(program: int = 1, pitch: int = 69) -> "PieceNotes":
+    from jtm.data.synth import PieceNotes, SynthNote
+
+    notes = (SynthNote(2000, 2000 + RATE // 2, program, pitch, 0.0, 1.0, "Quarter", 90, 0),
+             SynthNote(RATE, RATE + RATE // 2, program, pitch + 7, 2.0, 1.0, "Quarter", 70, 0))
+    return PieceNotes(notes=notes, n_samples=2 * RATE)
+
+
+def test_timbre_effects_keep_note_timing():
+    """EQ, reverb, gain, program and detuning change the sound, never when it starts or how long it is."""
+    from jtm.data.synth import Timbre, default_soundfont, render
+
+    plain = render(_piece(), default_soundfont())
+    wet = Timbre(programs=((1, 3),), velocity_scale=1.2, velocity_offset=-8, gain_db=-6.0, low_shelf_db=4.0,
+                 high_shelf_db=-8.0, reverb_seconds=1.2, reverb_db=-8.0, reverb_seed=3, detune_cents=8.0)
+    audio = render(_piece(), default_soundfont(), wet)
+    assert audio.shape == plain.shape == (2 * RATE,)
+    assert np.abs(audio[:2000]).max() == 0  # nothing before the first labelled onset: all filters are causal
+    first = int(np.flatnonzero(np.abs(plain) > 100)[0])
+    assert abs(int(np.flatnonzero(np.abs(audio) > 100)[0]) - first) < 0.01 * RATE
+    assert np.abs(audio).max() == pytest.approx(10 ** (-7 / 20) * 32767, abs=1)  # -1 dBFS peak, then -6 dB
+    assert not np.array_equal(audio, plain)
+
+
+def test_detuning_is_a_few_cents():
+    from jtm.data.synth import Timbre, default_soundfont, render
+
+    def peak_hz(cents: float) -> float:
+        audio = render(_piece(), default_soundfont(), Timbre(detune_cents=cents)).astype(np.float64)
+        seg = audio[4000:4000 + 16384] * np.hanning(16384)
+        spectrum = np.abs(np.fft.rfft(seg, 16 * 16384))
+        freqs = np.fft.rfftfreq(16 * 16384, 1 / RATE)
+        band = (freqs > 400) & (freqs < 480)
+        return float(freqs[band][np.argmax(spectrum[band])])
+
+    for cents in (-8.0, 8.0):
+        assert peak_hz(cents) / peak_hz(0.0) == pytest.approx(2 ** (cents / 1200), abs=2e-3)
+
+
+def test_drawn_timbres_keep_the_instrument_class():
+    from jtm.data.synth.timbre import HELDOUT_PROGRAMS, RENDERED_CLASS, draw_timbre, in_training_family
+
+    available = frozenset(range(1, 129))
+    labels = set(MUSICNET_INSTRUMENTS)
+    assert set(RENDERED_CLASS.values()) <= labels
+    seen_train, seen_held = set(), set()
+    for k in range(300):
+        rng = np.random.default_rng(k)
+        heldout = bool(k % 2)
+        t = draw_timbre(rng, labels, available, soundfont=0, heldout=heldout)
+        for label, rendered in t.programs:
+            assert RENDERED_CLASS[rendered] == label
+        assert -9.0 <= t.gain_db <= 0 and abs(t.detune_cents) <= 8.0
+        assert in_training_family(t, n_train_soundfonts=1) is not heldout
+        (seen_held if heldout else seen_train).update(t.programs)
+    assert seen_held == {(label, p) for label, progs in HELDOUT_PROGRAMS.items() for p in progs}
+    assert (1, 2) in seen_train
+    assert draw_timbre(np.random.default_rng(5), labels, available, 0, False) == \
+        draw_timbre(np.random.default_rng(5), labels, available, 0, False)
+
+
+def test_timbre_options_are_checked(tmp_path):
+    from jtm.data.synth import default_soundfont, heldout_timbre_ids
+
+    with pytest.raises(ValueError, match="renderings"):
+        build_corpus(tmp_path / "a", seed=0, **dict(ARGS, renderings=0))
+    with pytest.raises(ValueError, match="heldout_soundfont"):
+        build_corpus(tmp_path / "b", seed=0, heldout_timbre=False, heldout_soundfont=[default_soundfont()], **ARGS)
+    with pytest.raises(DataError, match="soundfont not found"):
+        build_corpus(tmp_path / "c", seed=0, soundfont=[default_soundfont(), tmp_path / "nope.sf2"], **ARGS)
+    assert not any((tmp_path / name).exists() for name in "abc")
+    assert heldout_timbre_ids(tmp_path) == set()  # no sidecar: a one-timbre corpus
+    (tmp_path / "jtm_timbre.json").write_text('{"format": "jtm-synth-timbre", "recordings": [{"id": 1}]}')
+    with pytest.raises(DataError, match="jtm_timbre.json"):
+        heldout_timbre_ids(tmp_path)

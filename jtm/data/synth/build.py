@@ -5,7 +5,8 @@ Two phases, both in a process pool:
 1. *notes*: workers parse scores in plan order and return humanised note lists; the main process keeps the shortest
    plan prefix whose audio reaches ``minutes`` (speculatively parsed pieces past it are dropped), so the chosen
    pieces do not depend on worker timing;
-2. *render*: once the set of pieces and the train/test split are fixed, workers render and write each piece.
+2. *render*: once the set of pieces and the train/test split are fixed, workers render and write each recording
+   (a piece rendered with one timbre; see :mod:`jtm.data.synth.timbre`).
 
 The metadata table is written last. Every random choice comes from numpy Generators seeded by the seed (and the
 piece id), so equal arguments give byte-identical folders.
@@ -22,8 +23,9 @@ import os
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,9 @@ import numpy as np
 import soundfile as sf
 
 from jtm.data.synth.catalogue import SOURCE, PieceSpec, make_plan, transcriber
-from jtm.data.synth.render import check_soundfont, render, write_piece
+from jtm.data.synth.render import available_programs, check_soundfont, render, write_piece
 from jtm.data.synth.score import SYNTH_RATE, PieceNotes, extract_notes, parse_score
+from jtm.data.synth.timbre import REFERENCE, RENDERED_CLASS, TIMBRE_FILE, Timbre, draw_timbre, timbre_json
 from jtm.errors import DataError
 from jtm.fileio import write_text_atomic
 
@@ -42,6 +45,8 @@ METADATA_COLUMNS = ("id", "composer", "composition", "movement", "ensemble", "so
                     "catalog_name", "seconds")
 SETTINGS_FILE = "jtm_synth.json"
 SPLITS = ("train", "test")
+RENDERING_ID_STRIDE = 10_000
+"""Recording ids: rendering r of piece p is ``p + r * RENDERING_ID_STRIDE`` (rendering 0 keeps the piece's id)."""
 _LAYOUT = ("train_data", "test_data", "train_labels", "test_labels", "musicnet_metadata.csv")
 
 
@@ -57,6 +62,9 @@ class CorpusSummary:
     seconds_elapsed: float
     ensembles: dict[str, int] = field(default_factory=dict)
     composers: dict[str, int] = field(default_factory=dict)
+    n_recordings: int = 0  # pieces x renderings, plus one held-out-timbre rendering per test piece
+    n_heldout: int = 0  # recordings with a held-out timbre (all in test_data/)
+    recording_seconds: float = 0.0  # audio in all recordings; ``seconds`` counts each piece once
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +75,15 @@ class _Piece:
     spec: PieceSpec
     seconds: float
     notes: PieceNotes | None  # None when the piece was already on disk (resumed build)
+
+
+@dataclass(frozen=True)
+class _Recording:
+    id: int
+    piece: _Piece
+    rendering: int
+    split: str
+    timbre: Timbre
 
 
 # --- worker-side ------------------------------------------------------------------------------------------------
@@ -84,13 +101,13 @@ def _notes_task(spec: PieceSpec, seed: int, max_seconds: float) -> PieceNotes | 
 
 
 def _render_task(spec: PieceSpec, notes: PieceNotes | None, seed: int, max_seconds: float, soundfont: str,
-                 wav_path: str, csv_path: str) -> int:
+                 timbre: Timbre, wav_path: str, csv_path: str) -> int:
     if notes is None:  # files were found in the wrong split: rebuild the same notes from the seed
         result = _notes_task(spec, seed, max_seconds)
         if isinstance(result, str):
             raise RuntimeError(f"{spec.corpus_path}: {result}")
         notes = result
-    audio = render(notes, Path(soundfont))
+    audio = render(notes, Path(soundfont), timbre)
     write_piece(notes, audio, Path(wav_path), Path(csv_path))
     return spec.id
 
@@ -101,26 +118,47 @@ def _paths(out: Path, split: str, piece_id: int) -> tuple[Path, Path]:
     return out / f"{split}_data" / f"{piece_id}.wav", out / f"{split}_labels" / f"{piece_id}.csv"
 
 
+def _frames(wav: Path) -> int | None:
+    """Length of a WAV written by an earlier run, or None when it is missing or unreadable (render it again)."""
+    try:
+        return sf.info(str(wav)).frames if wav.is_file() else None
+    except Exception:
+        return None
+
+
 def _existing_seconds(out: Path, piece_id: int) -> tuple[str, float] | None:
     """(split, seconds) of a piece already written by an earlier run with the same settings, else None."""
     for split in SPLITS:
         wav, lab = _paths(out, split, piece_id)
         if wav.is_file() and lab.is_file():
-            try:
-                return split, sf.info(str(wav)).frames / SYNTH_RATE
-            except Exception:
-                return None  # unreadable: render it again
+            frames = _frames(wav)
+            return None if frames is None else (split, frames / SYNTH_RATE)
     return None
 
 
-def _settings(*, minutes: float, max_seconds: float, test_fraction: float, seed: int, soundfont: Path) -> str:
-    digest = hashlib.sha256(soundfont.read_bytes()).hexdigest()
+def _settings(*, minutes: float, max_seconds: float, test_fraction: float, seed: int, soundfonts: list[Path],
+              heldout_soundfonts: list[Path], renderings: int, heldout: bool) -> str:
+    """The settings marker's text. With one soundfont and one rendering it is exactly what it was before timbres
+    varied, so such corpora (and resumes of them) stay byte-identical."""
     import json
 
-    return json.dumps({
+    def described(paths: list[Path]) -> list[dict[str, str]]:
+        return [{"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in paths]
+
+    fonts = described(soundfonts)
+    settings: dict[str, Any] = {
         "format": "jtm-synth", "version": 1, "minutes": minutes, "max_seconds": max_seconds,
-        "test_fraction": test_fraction, "seed": seed, "soundfont": soundfont.name, "soundfont_sha256": digest,
-    }, indent=2) + "\n"
+        "test_fraction": test_fraction, "seed": seed, "soundfont": fonts[0]["name"],
+        "soundfont_sha256": fonts[0]["sha256"],
+    }
+    if _varies_timbre(soundfonts, renderings, heldout):
+        settings.update(renderings=renderings, heldout_timbre=heldout, soundfonts=fonts,
+                        heldout_soundfonts=described(heldout_soundfonts))
+    return json.dumps(settings, indent=2) + "\n"
+
+
+def _varies_timbre(soundfonts: list[Path], renderings: int, heldout: bool) -> bool:
+    return len(soundfonts) > 1 or renderings > 1 or heldout
 
 
 def _prepare_out(out: Path, settings: str) -> None:
@@ -233,68 +271,125 @@ def split_pieces(pieces: list[tuple[int, str]], test_fraction: float, seed: int)
     return {pid: ("test" if pid in test_set else "train") for pid, _ in pieces}
 
 
-def _metadata_csv(pieces: list[_Piece], soundfont: Path) -> str:
+def _plan_recordings(pieces: list[_Piece], splits: dict[int, str], *, renderings: int, heldout: bool, seed: int,
+                     n_train_fonts: int, available: list[frozenset[int]]) -> list[_Recording]:
+    """Every recording of every piece: ``renderings`` in the piece's split (rendering 0 with the reference timbre,
+    the others drawn from the training family), plus one held-out-timbre rendering of each test piece.
+
+    Soundfonts cycle with piece and rendering; held-out renderings use the held-out soundfonts when there are any.
+    Each draw is seeded by (seed, piece, rendering), so a recording does not depend on the others.
+    """
+    n_heldout_fonts = len(available) - n_train_fonts
+    recordings = []
+    for p in pieces:
+        pid, split = p.spec.id, splits[p.spec.id]
+        labels = {prog for voice in p.spec.voices for prog in voice}
+        labels |= {p.spec.default_program} if p.spec.default_program is not None else set()
+        extra = [True] if heldout and split == "test" else []
+        for r, is_heldout in enumerate([False] * renderings + extra):
+            if is_heldout and n_heldout_fonts:
+                font = n_train_fonts + pid % n_heldout_fonts
+            else:
+                font = (pid + r) % n_train_fonts
+            if r == 0:
+                timbre = replace(REFERENCE, soundfont=font)
+            else:
+                rng = np.random.default_rng([seed, pid, r, 0x71B])
+                timbre = draw_timbre(rng, labels, available[font], font, is_heldout)
+            recordings.append(_Recording(pid + r * RENDERING_ID_STRIDE, p, r, split, timbre))
+    return recordings
+
+
+def _metadata_csv(recordings: list[_Recording], fonts: list[Path]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")  # QUOTE_MINIMAL: titles such as 'Quatre Polonaises, Op. 1' are quoted
     w.writerow(METADATA_COLUMNS)
-    for p in sorted(pieces, key=lambda p: p.spec.id):
-        s = p.spec
-        w.writerow((s.id, s.composer, s.composition, s.movement, s.ensemble, SOURCE, transcriber(soundfont.stem),
-                    s.catalog_name, int(round(p.seconds))))
+    for rec in sorted(recordings, key=lambda r: r.id):
+        s = rec.piece.spec
+        w.writerow((rec.id, s.composer, s.composition, s.movement, s.ensemble, SOURCE,
+                    transcriber(fonts[rec.timbre.soundfont].stem), s.catalog_name, int(round(rec.piece.seconds))))
     return buf.getvalue()
 
 
-def build_corpus(out: Path, *, minutes: float = 20.0, max_seconds: float = 60.0, test_fraction: float = 0.15,
-                 seed: int = 0, soundfont: Path | None = None, workers: int | None = None,
-                 progress: bool = True) -> CorpusSummary:
-    """Build a MusicNet-layout corpus of about ``minutes`` of audio in ``out`` from music21's scores.
+def _timbre_sidecar(recordings: list[_Recording], fonts: list[Path], n_train_fonts: int) -> str:
+    records = [{"id": r.id, "piece": r.piece.spec.id, "rendering": r.rendering, "split": r.split,
+                "heldout": r.timbre.heldout, "soundfont": fonts[r.timbre.soundfont].name,
+                "timbre": r.timbre.to_dict()} for r in recordings]
+    names = [{"name": f.name, "heldout": i >= n_train_fonts} for i, f in enumerate(fonts)]
+    return timbre_json(records, names, n_train_fonts)
 
-    Each piece is an excerpt of at most ``max_seconds`` from the beginning of a score (string quartet movements,
-    piano pieces, a piano trio, a clarinet concertino, a trio sonata, songs and Bach chorales arranged for several
-    MusicNet ensembles), humanised and rendered with ``soundfont`` (default: pretty_midi's TimGM6mb.sf2).
-    ``test_fraction`` of the pieces go to ``test_*`` (stratified by ensemble). Re-running with the same arguments
-    into the same folder skips pieces already written and ends byte-identical to a fresh build.
 
-    Raises :class:`DataError` for a bad soundfont or an output folder holding something else.
-    """
-    t0 = time.perf_counter()
-    out = Path(out)
+def _check_options(minutes: float, max_seconds: float, test_fraction: float, workers: int | None,
+                   renderings: int) -> int:
+    """Validate the numeric options (ValueError, for the CLI to show as a bad parameter); the worker count."""
     if not (minutes > 0 and math.isfinite(minutes)):
         raise ValueError(f"minutes must be a positive number, got {minutes}")
     if not (max_seconds > 0 and math.isfinite(max_seconds)):
         raise ValueError(f"max_seconds must be a positive number, got {max_seconds}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if not 1 <= renderings <= 9:  # ids stay below 100000 (five digits)
+        raise ValueError(f"renderings must be between 1 and 9, got {renderings}")
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    sf_path = check_soundfont(soundfont).resolve()
+    return workers
+
+
+def _as_list(soundfont: str | Path | Sequence[str | Path] | None) -> list[str | Path | None]:
+    if soundfont is None or isinstance(soundfont, (str, Path)):
+        return [soundfont]
+    return list(soundfont) or [None]
+
+
+def build_corpus(out: Path, *, minutes: float = 20.0, max_seconds: float = 60.0, test_fraction: float = 0.15,
+                 seed: int = 0, soundfont: str | Path | Sequence[str | Path] | None = None, renderings: int = 1,
+                 heldout_timbre: bool | None = None, heldout_soundfont: Sequence[str | Path] = (),
+                 workers: int | None = None, progress: bool = True) -> CorpusSummary:
+    """Build a MusicNet-layout corpus of about ``minutes`` of music in ``out`` from music21's scores.
+
+    Each piece is an excerpt of at most ``max_seconds`` from the beginning of a score (string quartet movements,
+    piano pieces, a piano trio, a clarinet concertino, a trio sonata, songs and Bach chorales arranged for several
+    MusicNet ensembles), humanised and rendered with ``soundfont`` (one path or several; default: pretty_midi's
+    TimGM6mb.sf2). ``test_fraction`` of the pieces go to ``test_*`` (stratified by ensemble).
+
+    Each piece is rendered ``renderings`` times, each a recording with its own id and timbre (see
+    :mod:`jtm.data.synth.timbre`), all in the piece's split. With ``heldout_timbre`` (default: when
+    ``renderings > 1`` or ``heldout_soundfont`` is given) every test piece gets one more recording with a held-out
+    timbre that no training recording uses; ``heldout_soundfont`` files are used for those recordings only.
+    Timbres are recorded in ``jtm_timbre.json`` (read it with :func:`~jtm.data.synth.timbre.heldout_timbre_ids`).
+
+    Re-running with the same arguments into the same folder skips recordings already written and ends
+    byte-identical to a fresh build. Raises :class:`DataError` for a bad soundfont or an output folder holding
+    something else.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    workers = _check_options(minutes, max_seconds, test_fraction, workers, renderings)
+    heldout = (renderings > 1 or bool(heldout_soundfont)) if heldout_timbre is None else bool(heldout_timbre)
+    if heldout_soundfont and not heldout:
+        raise ValueError("heldout_soundfont is only used by held-out-timbre renderings, which are switched off")
+    fonts = [check_soundfont(f).resolve() for f in _as_list(soundfont)]
+    heldout_fonts = [check_soundfont(f).resolve() for f in heldout_soundfont]
     _prepare_out(out, _settings(minutes=minutes, max_seconds=max_seconds, test_fraction=test_fraction, seed=seed,
-                                soundfont=sf_path))
+                                soundfonts=fonts, heldout_soundfonts=heldout_fonts, renderings=renderings,
+                                heldout=heldout))
+    all_fonts = fonts + heldout_fonts
+    available = [available_programs(f, set(RENDERED_CLASS)) for f in all_fonts] if renderings > 1 or heldout \
+        else [frozenset()] * len(all_fonts)
 
     plan = make_plan(seed)
     with _pool(workers) as pool:
         pieces = _choose_pieces(pool, plan, out, target=minutes * 60.0, seed=seed, max_seconds=max_seconds,
                                 workers=workers, progress=progress)
         splits = split_pieces([(p.spec.id, p.spec.ensemble) for p in pieces], test_fraction, seed)
+        recordings = _plan_recordings(pieces, splits, renderings=renderings, heldout=heldout, seed=seed,
+                                      n_train_fonts=len(fonts), available=available)
+        _render_all(pool, recordings, out, all_fonts, seed=seed, max_seconds=max_seconds, progress=progress)
 
-        from tqdm.auto import tqdm
-
-        jobs = []
-        for p in pieces:
-            split = splits[p.spec.id]
-            wav, lab = _paths(out, split, p.spec.id)
-            if p.notes is None and wav.is_file() and lab.is_file():
-                continue  # resumed build: already rendered into the right split
-            other = "test" if split == "train" else "train"
-            for stale in _paths(out, other, p.spec.id):
-                stale.unlink(missing_ok=True)
-            jobs.append(pool.submit(_render_task, p.spec, p.notes, seed, max_seconds, str(sf_path), str(wav),
-                                    str(lab)))
-        for job in tqdm(jobs, desc="rendering", unit="piece", disable=not progress, leave=False):
-            job.result()
-
-    write_text_atomic(out / "musicnet_metadata.csv", _metadata_csv(pieces, sf_path))
+    if _varies_timbre(fonts, renderings, heldout):
+        write_text_atomic(out / TIMBRE_FILE, _timbre_sidecar(recordings, all_fonts, len(fonts)))
+    write_text_atomic(out / "musicnet_metadata.csv", _metadata_csv(recordings, all_fonts))
     counts_e = Counter(p.spec.ensemble for p in pieces)
     counts_c = Counter(p.spec.composer for p in pieces)
     n_test = sum(1 for s in splits.values() if s == "test")
@@ -303,4 +398,25 @@ def build_corpus(out: Path, *, minutes: float = 20.0, max_seconds: float = 60.0,
         seconds=float(sum(p.seconds for p in pieces)), seconds_elapsed=time.perf_counter() - t0,
         ensembles=dict(sorted(counts_e.items(), key=lambda kv: (-kv[1], kv[0]))),
         composers=dict(sorted(counts_c.items(), key=lambda kv: (-kv[1], kv[0]))),
+        n_recordings=len(recordings), n_heldout=sum(r.timbre.heldout for r in recordings),
+        recording_seconds=float(sum(r.piece.seconds for r in recordings)),
     )
+
+
+def _render_all(pool: ProcessPoolExecutor, recordings: list[_Recording], out: Path, fonts: list[Path], *,
+                seed: int, max_seconds: float, progress: bool) -> None:
+    """Render every recording not already on disk in its split (removing any copy left in the other split)."""
+    from tqdm.auto import tqdm
+
+    jobs = []
+    for rec in recordings:
+        wav, lab = _paths(out, rec.split, rec.id)
+        if lab.is_file() and _frames(wav) is not None:
+            continue  # resumed build: already rendered into the right split
+        other = "test" if rec.split == "train" else "train"
+        for stale in _paths(out, other, rec.id):
+            stale.unlink(missing_ok=True)
+        jobs.append(pool.submit(_render_task, rec.piece.spec, rec.piece.notes, seed, max_seconds,
+                                str(fonts[rec.timbre.soundfont]), rec.timbre, str(wav), str(lab)))
+    for job in tqdm(jobs, desc="rendering", unit="recording", disable=not progress, leave=False):
+        job.result()

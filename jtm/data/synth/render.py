@@ -10,7 +10,9 @@ import numpy as np
 import soundfile as sf
 
 from jtm.data.instruments import MUSICNET_INSTRUMENTS
+from jtm.data.synth.effects import add_reverb, equalise
 from jtm.data.synth.score import SYNTH_RATE, PieceNotes
+from jtm.data.synth.timbre import REFERENCE, Timbre
 from jtm.errors import DataError
 from jtm.fileio import atomic_path
 
@@ -51,12 +53,24 @@ def check_soundfont(path: str | Path | None) -> Path:
     return path
 
 
-def render(piece: PieceNotes, soundfont: Path) -> np.ndarray:
-    """Render ``piece`` to int16 mono at 44.1 kHz, event by event, from exactly the labelled notes.
+def available_programs(path: Path, candidates: set[int]) -> frozenset[int]:
+    """Which of ``candidates`` (1-based GM programs) the soundfont at ``path`` has in bank 0."""
+    import tinysoundfont
 
-    Note-offs sort before note-ons at the same sample so a repeated key restarts cleanly. The mix is peak-normalised
-    to -1 dBFS, which makes every piece comparably loud whatever the soundfont's gain and the number of voices.
-    """
+    synth = tinysoundfont.Synth(samplerate=SYNTH_RATE)
+    sfid = synth.sfload(str(path))
+    found = set()
+    for program in sorted(candidates):
+        try:
+            synth.program_select(0, sfid, 0, program - 1)
+            found.add(program)
+        except Exception:
+            pass
+    return frozenset(found)
+
+
+def _synthesise(piece: PieceNotes, soundfont: Path, timbre: Timbre) -> np.ndarray:
+    """The soundfont's stereo output ``(n_samples, 2)`` float32 for exactly the labelled notes, event by event."""
     import tinysoundfont
 
     synth = tinysoundfont.Synth(samplerate=SYNTH_RATE)
@@ -65,11 +79,13 @@ def render(piece: PieceNotes, soundfont: Path) -> np.ndarray:
     for n in piece.notes:
         programs.setdefault(n.channel, n.program)
     for channel, program in sorted(programs.items()):
-        synth.program_select(channel, sfid, 0, program - 1)
+        synth.program_select(channel, sfid, 0, timbre.program_for(program) - 1)
+        if timbre.detune_cents:
+            synth.set_tuning(channel, timbre.detune_cents / 100)
 
     # (sample, 0 = off / 1 = on, channel, key, velocity)
     events = sorted(
-        [(n.start, 1, n.channel, n.pitch, n.velocity) for n in piece.notes]
+        [(n.start, 1, n.channel, n.pitch, timbre.velocity(n.velocity)) for n in piece.notes]
         + [(n.end, 0, n.channel, n.pitch, 0) for n in piece.notes]
     )
     out = np.zeros((piece.n_samples, 2), dtype=np.float32)
@@ -84,11 +100,22 @@ def render(piece: PieceNotes, soundfont: Path) -> np.ndarray:
             synth.noteoff(channel, key)
     if piece.n_samples > pos:
         out[pos:] = np.frombuffer(synth.generate(piece.n_samples - pos), dtype=np.float32).reshape(-1, 2)
+    return out
 
-    mono = out.mean(axis=1, dtype=np.float64)
+
+def render(piece: PieceNotes, soundfont: Path, timbre: Timbre = REFERENCE) -> np.ndarray:
+    """Render ``piece`` to int16 mono at 44.1 kHz with ``timbre``; shape ``(piece.n_samples,)``.
+
+    Note-offs sort before note-ons at the same sample so a repeated key restarts cleanly. EQ and reverb keep the
+    length, so label times stay exact. The mix is peak-normalised to -1 dBFS, which makes every piece comparably
+    loud whatever the soundfont's gain and the number of voices; then the timbre's gain (<= 0 dB) sets its level.
+    """
+    mono = _synthesise(piece, soundfont, timbre).mean(axis=1, dtype=np.float64)
+    mono = equalise(mono, timbre.low_shelf_db, timbre.high_shelf_db, SYNTH_RATE)
+    mono = add_reverb(mono, timbre.reverb_seconds, timbre.reverb_db, timbre.reverb_seed, SYNTH_RATE)
     peak = float(np.max(np.abs(mono)))
     if peak > 0:
-        mono *= 10 ** (PEAK_DBFS / 20) / peak
+        mono *= 10 ** ((PEAK_DBFS + min(timbre.gain_db, 0.0)) / 20) / peak
     return np.round(mono * 32767).astype(np.int16)
 
 
