@@ -7,9 +7,10 @@ The model is the demo's CPC architecture (``jtm.pipelines.demo.pretrain_config(D
 weights and a linear transcription probe, saved with ``save_pretrained`` as ``RUN/model`` next to a ``RUN/run.json``
 holding the demo's training window, as a study run of the demo leaves it, and loaded once with the pipeline's
 ``load_transcriber``. Each repeat times ``transcribe_file`` end to end: WAV decode + resampling to 16 kHz (streamed),
-the model over chunks, note extraction and MIDI writing. Chunking is the pipeline's default for such a run
-(``Transcriber.chunking()``: training-length windows, the outer eighth on each side as context, 8 per batch),
-except in configuration ``chunks-10s`` (10 s chunks, 1 s context, batch 4).
+the model over chunks (``jtm.models.inference.run_chunked``, the runner evaluation uses), note extraction and MIDI
+writing. Chunking is the pipeline's default for such a run (``Transcriber.chunking()``, as the run's evaluation:
+training-length windows, the outer eighth on each side as context, 8 per batch as the run.json records no batch
+size), except in configuration ``chunks-10s`` (10 s chunks, 1 s context, batch 4).
 
 A random probe's outputs say nothing about the music, so the threshold alone sets how many notes come out. Every
 configuration but ``threshold-0.5`` saves the threshold at the ``active`` (3 %) upper quantile of the model's outputs
@@ -120,6 +121,7 @@ def run(seconds: float = 60.0, repeats: int = 3, threshold: float | None = None,
 
 
 def _run(seconds, repeats, threshold, active, chunk_seconds, context_seconds, batch_size, tiny, workdir, config):
+    from jtm.audio import FRAME_RATE
     from jtm.models.downstream import DownstreamModel
     from jtm.pipelines.chunked import stream_audio
     from jtm.pipelines.transcribe import load_transcriber, transcribe_file
@@ -138,10 +140,8 @@ def _run(seconds, repeats, threshold, active, chunk_seconds, context_seconds, ba
         t0 = time.perf_counter()
         tr = load_transcriber(model_dir)  # once, as transcribe_files does
         load_s = time.perf_counter() - t0
-        auto = tr.chunking()
-        chunk = auto[0] if chunk_seconds is None else chunk_seconds
-        context = auto[1] if context_seconds is None else context_seconds
-        batch = auto[2] if batch_size is None else batch_size
+        chunking = tr.chunking(chunk_seconds, context_seconds, batch_size)
+        chunk, context, batch = chunking.core / FRAME_RATE, chunking.left / FRAME_RATE, chunking.batch_size
         walls, result = [], None
         for _ in range(repeats):
             t0 = time.perf_counter()

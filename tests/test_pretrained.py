@@ -99,4 +99,4 @@ def test_benchmark_is_importable_and_runs_tiny():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     result = bench.run("tiny", steps=2, warmup=1, batch=2, window=3200, naive_steps=1, matmul_size=128)
-    assert result["ms_step_median"] > 0 and result["gflop_per_step"] > 0 and "naive_over_efficient" in result
+    assert result["ms_step_median"] > 0 and result["model_gflop_per_step"] > 0 and "naive_over_efficient" in result

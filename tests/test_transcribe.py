@@ -149,25 +149,22 @@ def test_threshold_option_overrides_the_tuned_threshold(piano_run: Path, tmp_pat
 
 
 def test_default_chunking_reproduces_the_runs_evaluation(tmp_path: Path) -> None:
-    """With a run.json, transcription sees the audio exactly as ``jtm evaluate`` (predict_frames) did."""
+    """With a run.json, transcription sees the audio exactly as ``jtm evaluate`` (predict_frames) did
+    (end to end against ``jtm evaluate`` in tests/test_inference.py); options override one setting each."""
     from jtm.audio import load_audio
-    from jtm.pipelines.chunked import iter_frames
-    from jtm.pipelines.transcribe import model_batch_fn
+    from jtm.models.inference import Chunking
+    from jtm.pipelines.transcribe import iter_probabilities
 
     run = make_downstream_run(tmp_path / "run", notes={1: [60]})
     tr = load_transcriber(run)
-    assert tr.window == 2560
-    chunk, context, batch = tr.chunking()
-    assert (chunk, context, batch) == (0.12, 0.02, 8)  # 16-frame windows: 2 context frames each side
+    assert tr.chunking() == Chunking(core=12, left=2, right=2, batch_size=8)  # 16-frame windows
+    assert tr.chunking(chunk_seconds=0.5, batch_size=2) == Chunking(core=50, left=2, right=2, batch_size=2)
+    assert tr.chunking(context_seconds=0.1) == Chunking(core=12, left=10, right=10, batch_size=8)
     path = write_tone(tmp_path / "a.wav", 3.0, 22_050, 2, freq=330.0)
-    ours = np.concatenate([p for _, p in iter_frames(path, None, chunk, context, batch_fn=model_batch_fn(tr.model),
-                                                     batch_size=batch)])
+    ours = np.concatenate(list(iter_probabilities(tr, path)))
     audio, _ = load_audio(path)
-    theirs = tr.model.predict_frames(audio, 2560, context_frames=2, batch_size=8)
-    assert ours.shape == theirs.shape
-    # Identical but for the last chunk, which predict_frames zero-pads to a full window.
-    np.testing.assert_allclose(ours[:-12], theirs[:-12], atol=1e-5)
-    # Without a run.json (a bare model/ folder elsewhere): 10 s chunks with 1 s of context.
+    np.testing.assert_array_equal(ours, tr.model.predict_frames(audio, 2560, context_frames=2, batch_size=8))
+    # Without a run.json (a bare model/ folder elsewhere): 10 s chunks with 1 s of context, one at a time.
     bare = tmp_path / "bare"
     (run / "model").rename(bare)
-    assert load_transcriber(bare).chunking() == (10.0, 1.0, 1)
+    assert load_transcriber(bare).chunking() == Chunking(core=1000, left=100, right=100, batch_size=1)

@@ -691,13 +691,15 @@ def load_excerpt(path: Path) -> tuple[np.ndarray, np.ndarray, float, str]:
 def compute_excerpt(run: Path, seconds: float = 10.0) -> tuple[np.ndarray, np.ndarray, float, str]:
     """Predict a ``seconds``-long excerpt from the middle of the first labelled test track of the run's store.
 
-    Needs the run's ``run.json`` to name its store (key ``data``) and that store to have labels.
+    Needs the run's ``run.json`` to name its store (key ``data``) and that store to have labels. The excerpt is
+    cut into chunks as the run's evaluation cuts recordings (``Chunking.for_run``; one chunk without a window
+    in run.json) and run through the same chunked runner.
     """
-    import torch
-
-    from jtm.data.labels import HOP, piano_roll
+    from jtm.audio import HOP
+    from jtm.data.labels import piano_roll
     from jtm.data.store import Store
     from jtm.models.downstream import DownstreamModel
+    from jtm.models.inference import Chunking, run_array
 
     cfg = _read_json(run / "run.json")
     data = cfg.get("data") if isinstance(cfg, dict) else None
@@ -715,9 +717,8 @@ def compute_excerpt(run: Path, seconds: float = 10.0) -> tuple[np.ndarray, np.nd
     start = max(0, (audio.size - n) // 2) // HOP * HOP
     clip = audio[start:start + n]
     model = DownstreamModel.from_pretrained(run / "model").eval()
-    with torch.inference_mode():
-        logits = model(torch.from_numpy(np.ascontiguousarray(clip))[None])[0]
-    pred = _pitch_view(torch.sigmoid(logits).numpy())
+    chunking = Chunking.for_run(cfg) or Chunking(core=max(1, clip.size // HOP), pad_end=False)
+    pred = _pitch_view(run_array(clip, model.frame_probabilities, chunking, model.n_out))
     truth = piano_roll(store.notes(track), start, pred.shape[0])
     track_id = store.tracks.iloc[track]["id"] if "id" in store.tracks.columns else track
     caption = (f"Test track {track_id}, {start / store.sample_rate:.1f}-{(start + clip.size) / store.sample_rate:.1f} s "

@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jtm.audio import resample
+from jtm.audio import HOP, resample
 from jtm.models.config import CPCConfig
 from jtm.models.context import build_context
 from jtm.models.encoders import DOWNSAMPLING, build_encoder, receptive_field
+from jtm.models.inference import Chunking, FramesFn, StepFn, run_array
 from jtm.models.pretrained import (load_weights_into, read_pretrained_config, read_pretrained_weights,
                                    save_pretrained_files, WEIGHTS_NAME)
 from jtm.errors import ModelFileError
@@ -76,53 +77,63 @@ class CPCEncoder(nn.Module):
         mono by averaging over the shorter axis. Resampled to ``config.sample_rate`` if needed.
         ``layer``: 'context' (c) or 'encoder' (z). Runs in eval mode without gradients.
 
-        Long inputs are processed in chunks of ``chunk_seconds`` so memory stays bounded:
+        Long inputs are processed by :func:`jtm.models.inference.run_chunked` in chunks of ``chunk_seconds``, so
+        memory stays bounded (see :meth:`chunk_functions`):
         - the encoder sees each chunk plus a margin on both sides, so z is the same as in one pass
           (except with ``norm='instance'``, whose statistics are per chunk);
         - GRU/LSTM/RNN contexts carry their hidden state from chunk to chunk (backwards in reverse mode),
           which is exact;
-        - the transformer attends within each chunk only (an approximation: its context is at most one
-          chunk long, which is far longer than the training windows anyway).
+        - the transformer attends within each chunk and its margins only (an approximation: its context is
+          at most one chunk long, which is far longer than the training windows anyway).
         """
         if layer not in ("context", "encoder"):
             raise ValueError(f"layer must be 'context' or 'encoder', got {layer!r}")
-        audio = _to_mono_float32(waveform)
-        audio = resample(audio, int(sample_rate), self.config.sample_rate)
-        frames = len(audio) // DOWNSAMPLING
-        dim = self.config.context_dim if layer == "context" else self.config.encoder_dim
-        if frames == 0:
-            return np.zeros((0, dim), dtype=np.float32)
-        chunk = max(1, int(chunk_seconds * self.config.sample_rate) // DOWNSAMPLING)  # frames per chunk
+        audio = resample(_to_mono_float32(waveform), int(sample_rate), self.config.sample_rate)
+        core = max(1, int(chunk_seconds * self.config.sample_rate) // HOP)
+        chunking = Chunking(core=core, left=self._embed_margin, right=self._embed_margin, batch_size=1,
+                            pad_end=False)
         was_training = self.training
         self.eval()
         try:
-            device = next(self.parameters()).device
-            wave = torch.from_numpy(np.ascontiguousarray(audio[: frames * DOWNSAMPLING])).to(device)
-            z = torch.cat([self._encode_chunk(wave, start, min(start + chunk, frames))
-                           for start in range(0, frames, chunk)], dim=0)  # (F, De)
-            if layer == "encoder":
-                return z.float().cpu().numpy()
-            return self._context_chunks(z, chunk).float().cpu().numpy()
+            if layer == "context" and self.config.reverse and self.config.context != "transformer":
+                z = run_array(audio, self.chunk_functions("encoder")[0], chunking, self.config.encoder_dim)
+                return self._context_backwards(z, core)
+            frames_fn, step_fn = self.chunk_functions(layer)
+            dim = self.config.context_dim if layer == "context" else self.config.encoder_dim
+            return run_array(audio, frames_fn, chunking, dim, step_fn=step_fn)
         finally:
             self.train(was_training)
 
-    def _encode_chunk(self, wave: Tensor, start: int, end: int) -> Tensor:
-        """z for frames [start, end) of ``wave`` (T,), computed with a margin so seams match one pass."""
-        lo = max(0, start - self._embed_margin)
-        hi = min(len(wave) // DOWNSAMPLING, end + self._embed_margin)
-        z = self.encoder(wave[lo * DOWNSAMPLING : hi * DOWNSAMPLING].unsqueeze(0))[0]
-        return z[start - lo : end - lo]
+    def chunk_functions(self, layer: str = "context") -> tuple[FramesFn, StepFn | None]:
+        """How :func:`jtm.models.inference.run_chunked` computes ``layer`` chunk by chunk: (frames_fn, step_fn).
 
-    def _context_chunks(self, z: Tensor, chunk: int) -> Tensor:
-        starts = list(range(0, len(z), chunk))
-        if self.config.reverse:
-            starts.reverse()  # a reversed recurrent network's state flows from the end of the recording
-        state, pieces = None, {}
-        for start in starts:
-            c, new_state = self.contextualise(z[start : start + chunk].unsqueeze(0), state)
-            state = new_state if self.config.context != "transformer" else None
-            pieces[start] = c[0]
-        return torch.cat([pieces[s] for s in sorted(pieces)], dim=0)
+        z has a finite receptive field: the encoder runs on each chunk with its margin. A forward recurrent
+        context continues from the previous chunk's final state (the step), which is exact. A transformer or
+        a reverse-mode context has no state to carry forwards: the whole model runs on each chunk with its
+        margin and the core is kept (an approximation; :meth:`embed` carries a reverse state backwards).
+        """
+        device = next(self.parameters()).device
+
+        def encode(wave: Tensor) -> Tensor:
+            return self.encoder(wave.to(device))
+
+        if layer == "encoder":
+            return encode, None
+        if self.config.context != "transformer" and not self.config.reverse:
+            return encode, self.contextualise
+        return (lambda wave: self(wave.to(device))[1]), None
+
+    def _context_backwards(self, z: np.ndarray, chunk: int) -> np.ndarray:
+        """c (F, context_dim) of a reverse-mode recurrent context from all of z (F, encoder_dim): chunks from the
+        end of the recording, the state flowing backwards from one to the next (exact)."""
+        device = next(self.parameters()).device
+        out = np.zeros((len(z), self.config.context_dim), dtype=np.float32)
+        state = None
+        for start in reversed(range(0, len(z), chunk)):
+            piece = torch.from_numpy(z[start:start + chunk]).to(device)[None]
+            c, state = self.contextualise(piece, state)
+            out[start:start + chunk] = c[0].float().cpu().numpy()
+        return out
 
     # ---------------------------------------------------------------- files
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -28,11 +28,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from jtm.audio import HOP
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, N_PITCHES
 from jtm.errors import ModelFileError
 from jtm.fileio import atomic_path, write_json_atomic
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
+from jtm.models.inference import Chunking, run_array
 from jtm.models.logmel import LogMel, LogMelConfig
 from jtm.models.pretrained import (CONFIG_NAME, WEIGHTS_NAME, load_weights_into, read_config_json,
                                    read_pretrained_weights)
@@ -41,7 +43,6 @@ from jtm.models.probes import build_probe
 DOWNSTREAM_FORMAT = "jtm-downstream"
 DOWNSTREAM_VERSION = 1
 ENCODER_FILE_FORMAT = "jtm-cpc-encoder-file"
-HOP = 160
 
 FRAME_TASKS = ("transcription", "pitch-instrument")
 FEATURE_LAYERS = ("context", "encoder", "both")
@@ -150,16 +151,21 @@ class DownstreamModel(nn.Module):
         return self.probe(self.features(wave))
 
     # ------------------------------------------------------------ inference over whole recordings
-    @torch.no_grad()
+    def frame_probabilities(self, wave: Tensor) -> Tensor:
+        """wave (B, T) on the CPU -> frame probabilities (B, T // 160, n_out), the sigmoid of the logits: the
+        frame function :mod:`jtm.models.inference` runs over chunks (evaluation, transcription)."""
+        return torch.sigmoid(self(wave.to(_device(self))).float())
+
     def predict_frames(self, audio: np.ndarray, window: int, context_frames: int = 0,
                        batch_size: int = 8) -> np.ndarray:
         """Frame probabilities of a whole recording: float32 (T // 160, n_out) (sigmoid of the logits).
 
-        The recording is cut into chunks of ``window`` samples, the model's training length. Each chunk
-        predicts ``window // 160 - 2 * context_frames`` core frames and sees ``context_frames`` frames of real
-        audio on each side (fewer at the recording's edges), which warms up the context network and the
-        convolutions at the seams; cores tile the recording so every frame is predicted exactly once. A chunk
-        shorter than ``window`` (the last one, or a short recording) is zero-padded on the right.
+        The recording is cut by :func:`jtm.models.inference.run_chunked` into chunks of ``window`` samples, the
+        model's training length. Each chunk predicts ``window // 160 - 2 * context_frames`` core frames and sees
+        ``context_frames`` frames of real audio on each side (the first chunk starts at sample 0 and sees
+        ``2 * context_frames`` after its core instead), which warms up the context network and the convolutions
+        at the seams; cores tile the recording so every frame is predicted exactly once. The last chunk (or a
+        short recording) is zero-padded to ``window`` samples. ``jtm transcribe`` of a file cuts it the same way.
         """
         if not self.is_frame_task:
             raise ValueError(f"predict_frames is for frame tasks, not {self.task!r}")
@@ -167,29 +173,13 @@ class DownstreamModel(nn.Module):
         core = window_frames - 2 * context_frames
         if core < 1 or context_frames < 0:
             raise ValueError(f"window of {window_frames} frames leaves no core with {context_frames} context frames")
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        n_frames = len(audio) // HOP
-        out = np.zeros((n_frames, self.n_out), dtype=np.float32)
-        jobs = []  # (input start frame, core start frame, core frames)
-        for a in range(0, n_frames, core):
-            s = max(0, a - context_frames)
-            jobs.append((s, a, min(core, n_frames - a)))
+        chunking = Chunking(core=core, left=context_frames, right=context_frames, batch_size=batch_size)
         was_training = self.training
         self.eval()
         try:
-            device = _device(self)
-            for i in range(0, len(jobs), batch_size):
-                batch = jobs[i:i + batch_size]
-                wave = np.zeros((len(batch), window_frames * HOP), dtype=np.float32)
-                for b, (s, _, _) in enumerate(batch):
-                    piece = audio[s * HOP:min(len(audio), (s + window_frames) * HOP)]
-                    wave[b, :len(piece)] = piece
-                probs = torch.sigmoid(self(torch.from_numpy(wave).to(device)).float()).cpu().numpy()
-                for b, (s, a, n) in enumerate(batch):
-                    out[a:a + n] = probs[b, a - s:a - s + n]
+            return run_array(audio, self.frame_probabilities, chunking, self.n_out)
         finally:
             self.train(was_training)
-        return out
 
     @torch.no_grad()
     def predict_windows(self, audio: np.ndarray, window: int, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:

@@ -7,12 +7,14 @@ For each input ``<stem>.<ext>`` the output folder gets ``<stem>.npy``, float32:
 D is the encoder's ``context_dim`` (``layer="context"``, the c vectors) or ``encoder_dim`` (``layer="encoder"``,
 the z vectors).
 
-Files of any length are processed in chunks (:mod:`jtm.pipelines.chunked`) with bounded memory: frame rows are
-spooled to a temporary file beside the output and the ``.npy`` is assembled and renamed into place only when the
-whole input has been read and validated. The result equals ``CPCEncoder.embed`` on the whole file: the
-convolutional encoder sees a margin around each chunk, and a GRU/LSTM/RNN context carries its hidden state from
-chunk to chunk. (Reverse-mode recurrent contexts, whose state flows from the end of the file, and transformer
-contexts see ``context_seconds`` of audio on each side of a chunk instead: an approximation.)
+Files of any length are streamed through the chunked runner (:mod:`jtm.pipelines.chunked`,
+:func:`jtm.models.inference.run_chunked`) with bounded memory: frame rows are spooled to a temporary file beside
+the output and the ``.npy`` is assembled and renamed into place only when the whole input has been read and
+validated. The result equals ``CPCEncoder.embed`` on the whole file (both use
+:meth:`~jtm.models.cpc.CPCEncoder.chunk_functions`): the convolutional encoder sees a margin around each chunk,
+and a GRU/LSTM/RNN context carries its hidden state from chunk to chunk. (Reverse-mode recurrent contexts, whose
+state flows from the end of the file, and transformer contexts see ``context_seconds`` of audio on each side of
+a chunk instead: an approximation.)
 """
 from __future__ import annotations
 
@@ -25,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jtm.audio import FRAME_RATE, probe_audio
 from jtm.errors import JTMError, ModelFileError
-from jtm.fileio import atomic_path
-from jtm.audio import probe_audio
-from jtm.pipelines.chunked import Chunk, FrameFn, Stopwatch, core_frames, iter_frames, process_files
+from jtm.fileio import atomic_path, save_npy_atomic
+from jtm.pipelines.chunked import Stopwatch, iter_frames, process_files
 
 if TYPE_CHECKING:
     from jtm.models.cpc import CPCEncoder
@@ -47,37 +49,6 @@ def load_encoder(path: str | Path) -> "CPCEncoder":
     if not path.exists():
         raise ModelFileError(f"{path}: no such encoder folder or pretraining run")
     return load_frontend_source(path).eval()
-
-
-def encoder_frame_fn(encoder: "CPCEncoder", layer: str = "context") -> FrameFn:
-    """A stateful chunk function computing z or c for each chunk's core frames, (n_frames, D) float32.
-
-    The encoder runs on the chunk with its context (margin), and the core of z is kept. For c, a forward
-    recurrent context continues from the previous chunk's final hidden state, so the stitched result equals
-    one pass over the whole file; otherwise the context network sees the chunk with its margin and only the
-    core is kept.
-    """
-    import torch
-
-    if layer not in LAYERS:
-        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
-    stateful = encoder.config.context != "transformer" and not encoder.config.reverse
-    state: list[object] = [None]
-
-    @torch.inference_mode()
-    def fn(chunk: Chunk) -> np.ndarray:
-        wave = torch.from_numpy(np.ascontiguousarray(chunk.audio, dtype=np.float32))[None]
-        z = encoder.encoder(wave)  # (1, F_in, De)
-        if layer == "encoder":
-            return core_frames(z[0].numpy(), chunk)
-        if stateful:
-            z_core = z[:, chunk.skip:chunk.skip + chunk.n_frames]
-            c, state[0] = encoder.contextualise(z_core, state[0])
-            return c[0].numpy()
-        c, _ = encoder.contextualise(z)
-        return core_frames(c[0].numpy(), chunk)
-
-    return fn
 
 
 class RowSpool:
@@ -160,11 +131,21 @@ def embed_file(encoder: "CPCEncoder", path: str | Path, target: str | Path, *, l
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if layer not in LAYERS:
+        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+    from jtm.models.cpc import embed_margin_frames
+    from jtm.models.inference import Chunking, frames_in
+
     path, target = Path(path), Path(target)
     watch = Stopwatch()
     dim = encoder.config.context_dim if layer == "context" else encoder.config.encoder_dim
-    fn = encoder_frame_fn(encoder, layer)
-    frames = iter_frames(path, fn, chunk_seconds=chunk_seconds, context_seconds=context_seconds)
+    frames_fn, step_fn = encoder.eval().chunk_functions(layer)
+    # As CPCEncoder.embed, so the rows equal its output: one chunk at a time, the last one ending with the file,
+    # and never less context than the encoder's receptive field.
+    context = max(frames_in(context_seconds), embed_margin_frames(encoder.config))
+    chunking = Chunking(core=max(1, frames_in(chunk_seconds)), left=context, right=context, batch_size=1,
+                        pad_end=False)
+    frames = iter_frames(path, frames_fn, chunking, step_fn=step_fn)
     if pool == "mean":
         # float64 running sum: an hour is 360 000 frames, enough for float32 sums to lose digits.
         total, count = np.zeros(dim, dtype=np.float64), 0
@@ -172,8 +153,6 @@ def embed_file(encoder: "CPCEncoder", path: str | Path, target: str | Path, *, l
             total += rows.sum(axis=0, dtype=np.float64)
             count += rows.shape[0]
         mean = (total / count).astype(np.float32)[None]
-        from jtm.fileio import save_npy_atomic
-
         save_npy_atomic(target, mean)
         shape: tuple[int, ...] = mean.shape
         n_frames = count
@@ -184,7 +163,7 @@ def embed_file(encoder: "CPCEncoder", path: str | Path, target: str | Path, *, l
             spool.publish()
             shape = (spool.rows, dim)
             n_frames = spool.rows
-    duration = n_frames / 100.0
+    duration = n_frames / FRAME_RATE
     try:
         duration = probe_audio(path).duration
     except Exception:  # already validated while streaming; the header is only for the speed figure

@@ -9,7 +9,8 @@ import os
 import platform
 import sys
 from importlib import metadata
-from pathlib import Path
+
+from jtm.hardware import cpu_has_bf16, cpu_model, usable_cpus  # noqa: F401  (re-exported)
 
 PACKAGES = ("jtm", "torch", "lightning", "numpy", "pandas", "soundfile", "soxr", "safetensors", "scikit-learn",
             "mir_eval", "pretty_midi", "matplotlib", "music21")
@@ -24,31 +25,11 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def cpu_model() -> str:
-    """A human-readable CPU name: /proc/cpuinfo's ``model name`` on Linux, else platform's best guess."""
-    cpuinfo = Path("/proc/cpuinfo")
-    try:
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def usable_cpus() -> int:
-    """Cores this process may run on (the affinity mask, which containers and taskset restrict), >= 1."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
 def environment_info(with_torch: bool = True) -> dict[str, object]:
     """Describe the running environment as a flat, JSON-serialisable dict.
 
     Keys: ``python``, ``platform``, ``cpu``, ``cpu_count`` (logical cores on the machine), ``usable_cpus``
-    (cores this process may use), one ``<package>`` key per entry of :data:`PACKAGES` (None when missing) and,
+    (cores this process may use), ``cpu_bf16`` (native bf16 dot products), one ``<package>`` key per entry of :data:`PACKAGES` (None when missing) and,
     with ``with_torch``, ``torch_threads`` / ``torch_interop_threads`` (what torch actually computes with) and
     the thread-limiting environment variables that were set (``OMP_NUM_THREADS``, ...).
     """
@@ -58,6 +39,7 @@ def environment_info(with_torch: bool = True) -> dict[str, object]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cpus": usable_cpus(),
+        "cpu_bf16": cpu_has_bf16(),
     }
     for name in PACKAGES:
         info[name] = package_version(name)

@@ -1,11 +1,13 @@
 """``jtm evaluate RUN``: score a downstream run on whole recordings of a split and write ``RUN/metrics.json``.
 
 Whole recordings, not random windows. Every labelled recording of the split is predicted from start to end:
-- frame tasks: ``DownstreamModel.predict_frames`` cuts the recording into chunks of the training window, each
-  seeing ``context_frames`` frames of real audio on both sides of the frames it keeps (default: one eighth of
-  the window per side; ``context_frames=0`` gives plain non-overlapping chunks); cores tile the recording, so
-  every 10 ms frame is predicted exactly once, and the last, partial chunk is zero-padded. The stitched
-  probabilities are compared with ``track_piano_roll`` of the whole recording.
+- frame tasks: ``DownstreamModel.predict_frames`` (the chunked runner :mod:`jtm.models.inference`, cutting as
+  ``Chunking.for_window`` of the run) cuts the recording into chunks of the training window, each seeing
+  ``context_frames`` frames of real audio on both sides of the frames it keeps (default: one eighth of the
+  window per side; ``context_frames=0`` gives plain non-overlapping chunks); cores tile the recording, so every
+  10 ms frame is predicted exactly once, and the last, partial chunk is zero-padded. ``jtm transcribe`` of the
+  run cuts files the same way, so it gives the same probabilities. The stitched probabilities are compared with
+  ``track_piano_roll`` of the whole recording.
 - classification: ``DownstreamModel.predict_windows`` classifies every window of each recording
   (non-overlapping from the start, plus one end-aligned window for a remainder); scores are reported per
   window and per recording (majority vote over its windows).
@@ -39,8 +41,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from jtm.audio import FRAME_RATE, HOP
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS
-from jtm.data.labels import HOP, N_INSTRUMENTS
+from jtm.data.labels import N_INSTRUMENTS
 from jtm.data.store import Store
 from jtm.errors import JTMError
 from jtm.evaluation.metrics import (classification_metrics, frame_average_precision, frame_prf, note_prf,
@@ -49,9 +52,9 @@ from jtm.evaluation.notes import NoteList, make_notes, roll_to_notes
 from jtm.evaluation.plots import plot_confusion, plot_piano_roll
 from jtm.fileio import atomic_path, load_json, write_json_atomic, write_text_atomic
 from jtm.models.downstream import DownstreamModel
+from jtm.models.inference import Chunking
 from jtm.training.downstream import DownstreamConfig, frame_roll, task_data
 
-FRAME_RATE = 100.0
 MIN_NOTE_FRAMES = 2
 """Estimated notes shorter than this many frames are dropped (one-frame blips are not notes)."""
 _NOTE_GAP_SECONDS = 10.0
@@ -118,16 +121,17 @@ def _write_excerpt(run: Path, truth: np.ndarray, prob: np.ndarray, threshold: fl
 
 
 def evaluate_frames(model: DownstreamModel, store: Store, tracks: np.ndarray, cfg: DownstreamConfig, run: Path,
-                    *, context_frames: int, batch_size: int, max_seconds: float | None, excerpt_seconds: float,
+                    *, chunking: Chunking, max_seconds: float | None, excerpt_seconds: float,
                     log: Callable[[str], None]) -> dict[str, Any]:
-    """Predict whole recordings of a frame task and score them (see the module docstring)."""
+    """Predict whole recordings of a frame task (cut by ``chunking``, see :func:`frame_chunking`) and score
+    them (see the module docstring)."""
     threshold = 0.5 if model.threshold is None else float(model.threshold)
     limit = None if max_seconds is None else int(max_seconds * store.sample_rate)
     ids = store.tracks["id"].astype(str).to_numpy()
     probs = []
     for k, t in enumerate(tracks):
         t0 = time.perf_counter()
-        prob = model.predict_frames(store.audio(int(t))[:limit], cfg.window, context_frames, batch_size)
+        prob = model.predict_frames(store.audio(int(t))[:limit], cfg.window, chunking.left, chunking.batch_size)
         # halves the largest array of pitch-instrument runs; AP needs only the order
         probs.append(prob.astype(np.float16) if model.task == "pitch-instrument" else prob)
         log(f"  {k + 1}/{len(tracks)} {ids[t]}: {len(prob) / FRAME_RATE:.1f} s in {time.perf_counter() - t0:.1f} s")
@@ -251,6 +255,15 @@ def score_classification(store: Store, tracks: np.ndarray, task: str, classes: l
     return metrics
 
 
+def frame_chunking(cfg: DownstreamConfig, context_frames: int | None = None,
+                   batch_size: int | None = None) -> Chunking:
+    """How a run's recordings are cut for frame predictions: its training window, ``context_frames`` on each side
+    (None: the run's ``eval_context_frames``, else an eighth of the window), ``batch_size`` (None: the run's).
+    ``jtm transcribe`` derives the same chunking from the run's run.json."""
+    context = cfg.eval_context_frames if context_frames is None else context_frames
+    return Chunking.for_window(cfg.window, context, batch_size or cfg.batch_size)
+
+
 def evaluate_run(run: str | Path, split: str = "test", *, data: str | Path | None = None,
                  context_frames: int | None = None, batch_size: int | None = None, max_seconds: float | None = None,
                  excerpt_seconds: float = 10.0, progress: bool = True) -> dict[str, Any]:
@@ -268,21 +281,19 @@ def evaluate_run(run: str | Path, split: str = "test", *, data: str | Path | Non
     log: Callable[[str], None] = print if progress else (lambda _msg: None)
     log(f"evaluating {run} on {len(tracks)} {split} recording(s)")
     t0 = time.perf_counter()
-    ctx = cfg.context_frames if context_frames is None else max(0, min(int(context_frames),
-                                                                      (cfg.window // HOP - 1) // 2))
-    bs = batch_size or cfg.batch_size
+    chunking = frame_chunking(cfg, context_frames, batch_size)
     if model.is_frame_task:
-        metrics = evaluate_frames(model, store, tracks, cfg, run, context_frames=ctx, batch_size=bs,
-                                  max_seconds=max_seconds, excerpt_seconds=excerpt_seconds, log=log)
+        metrics = evaluate_frames(model, store, tracks, cfg, run, chunking=chunking, max_seconds=max_seconds,
+                                  excerpt_seconds=excerpt_seconds, log=log)
     else:
-        metrics = evaluate_classification(model, store, tracks, cfg, run, batch_size=bs, max_seconds=max_seconds,
-                                          log=log)
+        metrics = evaluate_classification(model, store, tracks, cfg, run, batch_size=chunking.batch_size,
+                                          max_seconds=max_seconds, log=log)
     ids = store.tracks["id"].astype(str).to_numpy()
     result = {
         "task": cfg.task, "split": split, "headline_metric": headline_metric(cfg.task),
         "headline": metrics[headline_metric(cfg.task)], "encoder": cfg.encoder, "probe": cfg.probe,
         "finetune": cfg.finetune, "features": cfg.features, "label_fraction": cfg.label_fraction,
-        "n_tracks": int(len(tracks)), "tracks": ids[tracks].tolist(), "context_frames": ctx,
+        "n_tracks": int(len(tracks)), "tracks": ids[tracks].tolist(), "context_frames": chunking.left,
         "max_seconds": max_seconds, "seconds": round(time.perf_counter() - t0, 3), **metrics,
     }
     write_json_atomic(run / "metrics.json", json_safe(result))

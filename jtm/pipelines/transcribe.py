@@ -2,9 +2,11 @@
 
 A downstream model trained for ``transcription`` (128 pitches) or ``pitch-instrument`` (11 x 128 outputs,
 instrument-major) gives a probability per (frame, output) at 100 frames per second. Files of any length are read
-and processed in chunks (:mod:`jtm.pipelines.chunked`): by default the chunks of the run's own evaluation
-(training-length windows whose outer eighth on each side is context), else 10 s chunks with 1 s of context on
-each side; only the core frames are kept. Notes are assembled incrementally by :class:`NoteStitcher`, which reuses
+and processed in chunks by the runner evaluation uses (:func:`jtm.models.inference.run_chunked`, the file
+streamed by :mod:`jtm.pipelines.chunked`): by default cut exactly as the run's own evaluation cuts recordings
+(:meth:`Transcriber.chunking`: training-length windows whose outer eighth on each side is context, the run's
+batch size), so a file gets the frame probabilities ``jtm evaluate`` gives the same audio; without a run.json,
+10 s chunks with 1 s of context on each side. Only the core frames are kept. Notes are assembled incrementally by :class:`NoteStitcher`, which reuses
 :func:`jtm.evaluation.notes.roll_to_notes` on a small rolling window of frames, so neither the audio nor the
 probabilities of a whole file are ever held in memory, and the notes equal those of ``roll_to_notes`` on the
 whole file's probabilities (with the evaluation's settings: ``min_frames=2``, no gap merging).
@@ -15,30 +17,30 @@ Outputs (each written atomically, only once the whole input has been read and va
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jtm.audio import FRAME_RATE, probe_audio
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS, N_PITCHES
 from jtm.errors import JTMError, ModelFileError
 from jtm.evaluation.notes import NoteList, make_notes, roll_to_notes
 from jtm.fileio import atomic_path, load_json
-from jtm.audio import probe_audio
-from jtm.pipelines.chunked import (BatchFn, BatchOutcome, Chunk, Stopwatch, core_frames, iter_frames,
-                                  process_files, stack_chunks)
+from jtm.pipelines.chunked import BatchOutcome, Stopwatch, iter_frames, process_files
 from jtm.pipelines.embed import output_names
 
 if TYPE_CHECKING:
     from jtm.models.downstream import DownstreamModel
+    from jtm.models.inference import Chunking
 
 FRAME_TASKS = ("transcription", "pitch-instrument")
 PIANO_PROGRAM = 1
 """GM program of the instrument a plain (instrument-less) transcription is written to: acoustic grand piano."""
 
-FRAME_RATE = 100.0
 MIN_NOTE_FRAMES = 2
 """Shortest note kept, in frames: the evaluation's ``min_note_frames`` (one-frame blips are not notes)."""
 
@@ -160,25 +162,27 @@ class Transcriber:
     source: Path
     programs: tuple[int, ...]
     """GM program of each block of 128 outputs: (1,) for transcription, INSTRUMENT_PROGRAMS for pitch-instrument."""
-    window: int | None = None
-    """Training window of the run in samples (``run.json``), when known."""
-    context_frames: int | None = None
-    """Context frames the run's evaluation gave each chunk (``jtm evaluate``), when known."""
+    evaluation: "Chunking | None" = None
+    """How the run's evaluation cut recordings (``Chunking.for_run`` of its run.json), when known."""
 
-    def chunking(self) -> tuple[float, float, int]:
-        """(chunk seconds, context seconds, chunks per batch) that reproduce the run's evaluation.
+    def chunking(self, chunk_seconds: float | None = None, context_seconds: float | None = None,
+                 batch_size: int | None = None) -> "Chunking":
+        """How files are cut; each argument left None keeps the default.
 
-        ``jtm evaluate`` (``DownstreamModel.predict_frames``) cuts recordings into training-length windows
-        whose outer ``context_frames`` on each side are context and whose middle is kept, in batches of 8;
-        the model only ever saw windows that long, and its threshold was tuned that way, so transcription does
-        the same. Without a run.json: 10 s chunks with 1 s of context, one at a time.
+        The default reproduces the run's evaluation: ``jtm evaluate`` and threshold tuning
+        (``DownstreamModel.predict_frames``) cut recordings into training-length windows whose outer
+        ``eval_context_frames`` on each side are context, in batches of the run's batch size; the model only
+        ever saw windows that long, and its threshold was tuned that way, so transcription does the same.
+        Without a run.json: 10 s chunks with 1 s of context, one at a time.
         """
-        if self.window is None:
-            return 10.0, 1.0, 1
-        frames = self.window // 160
-        ctx = frames // 8 if self.context_frames is None else self.context_frames
-        ctx = max(0, min(ctx, (frames - 1) // 2))
-        return (frames - 2 * ctx) / 100.0, ctx / 100.0, 8
+        from jtm.models.inference import Chunking, frames_in
+
+        base = self.evaluation or Chunking.in_seconds(10.0, 1.0, batch_size=1)
+        context = None if context_seconds is None else frames_in(context_seconds)
+        return dataclasses.replace(
+            base, core=base.core if chunk_seconds is None else max(1, frames_in(chunk_seconds)),
+            left=base.left if context is None else context, right=base.right if context is None else context,
+            batch_size=base.batch_size if batch_size is None else batch_size)
 
     @property
     def n_instruments(self) -> int:
@@ -220,41 +224,30 @@ def load_transcriber(path: str | Path, threshold: float | None = None) -> Transc
     if not 0.0 < threshold <= 1.0:
         raise JTMError(f"--threshold must be in (0, 1], got {threshold}")
     programs = (PIANO_PROGRAM,) if task == "transcription" else tuple(INSTRUMENT_PROGRAMS)
-    window, context = _run_chunking(folder.parent / "run.json")
     return Transcriber(model=model, task=task, threshold=float(threshold), source=folder, programs=programs,
-                       window=window, context_frames=context)
+                       evaluation=_evaluation_chunking(folder.parent / "run.json"))
 
 
-def _run_chunking(run_json: Path) -> tuple[int | None, int | None]:
-    """The training window (samples) and evaluation context (frames) recorded in a downstream run.json."""
+def _evaluation_chunking(run_json: Path) -> "Chunking | None":
+    """The chunking of the run's evaluation, from its run.json (None without one)."""
+    from jtm.models.inference import Chunking
+
     if not run_json.is_file():
-        return None, None
+        return None
     try:
         cfg = load_json(run_json)
     except Exception:  # the model folder is what matters; a damaged run.json only loses the chunking hint
-        return None, None
-    window = cfg.get("window") if isinstance(cfg, dict) else None
-    if not isinstance(window, int) or window < 2 * 160:
-        return None, None
-    ctx = cfg.get("eval_context_frames")
-    return window, ctx if isinstance(ctx, int) and ctx >= 0 else None
+        return None
+    return Chunking.for_run(cfg) if isinstance(cfg, dict) else None
 
 
-def model_batch_fn(model: "DownstreamModel") -> BatchFn:
-    """Probabilities (n_frames, n_out) of each chunk's core; the model sees every chunk with its context.
-
-    Chunks are independent (no state carried), so several run as one batch: a recurrent context network is
-    far faster on a batch than step by step on one sequence.
-    """
-    import torch
-
-    @torch.inference_mode()
-    def fn(chunks: list[Chunk]) -> list[np.ndarray]:
-        logits = model(torch.from_numpy(stack_chunks(chunks)))  # (B, F_in, n_out)
-        probs = torch.sigmoid(logits).numpy()
-        return [core_frames(p, c) for p, c in zip(probs, chunks)]
-
-    return fn
+def iter_probabilities(tr: Transcriber, path: str | Path, chunking: "Chunking | None" = None
+                       ) -> Iterator[np.ndarray]:
+    """Frame probabilities of a file, chunk core by chunk core, float32 (n, n_out) each, in order (the file
+    streamed; ``chunking`` defaults to :meth:`Transcriber.chunking`, the run's evaluation)."""
+    tr.model.eval()
+    for _, probs in iter_frames(path, tr.model.frame_probabilities, chunking or tr.chunking()):
+        yield probs
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -289,16 +282,12 @@ def transcribe_file(tr: Transcriber, path: str | Path, out_dir: str | Path, *, s
     """
     from jtm.evaluation.midi import notes_to_csv, notes_to_midi
 
-    auto_chunk, auto_context, auto_batch = tr.chunking()
-    chunk_seconds = auto_chunk if chunk_seconds is None else chunk_seconds
-    context_seconds = auto_context if context_seconds is None else context_seconds
-    batch_size = auto_batch if batch_size is None else batch_size
+    chunking = tr.chunking(chunk_seconds, context_seconds, batch_size)
     path, out_dir = Path(path), Path(out_dir)
     stem = stem or path.stem
     watch = Stopwatch()
     stitcher = NoteStitcher(tr.n_instruments, tr.threshold)
-    for _, probs in iter_frames(path, None, chunk_seconds, context_seconds, batch_fn=model_batch_fn(tr.model),
-                                batch_size=batch_size):
+    for probs in iter_probabilities(tr, path, chunking):
         stitcher.push(probs)
     per_instrument = stitcher.finish()
     notes = {prog: nl for prog, nl in zip(tr.programs, per_instrument) if len(nl) or tr.task == "transcription"}
@@ -397,17 +386,14 @@ def transcribe_files(model: str | Path, inputs: Sequence[str | Path], out_dir: s
     names = output_names(inputs, "")
     tr = load_transcriber(model, threshold)
     say = echo or (lambda s: None)
-    chunk, context, batch = tr.chunking()
-    chunk = chunk if chunk_seconds is None else chunk_seconds
-    context = context if context_seconds is None else context_seconds
-    batch = batch if batch_size is None else batch_size
-    say(f"model {tr.source} ({tr.task}, threshold {tr.threshold:.2f}); chunks of {chunk:g} s with {context:g} s "
-        f"of context on each side, {batch} per batch")
+    chunking = tr.chunking(chunk_seconds, context_seconds, batch_size)
+    say(f"model {tr.source} ({tr.task}, threshold {tr.threshold:.2f}); chunks of {chunking.core / FRAME_RATE:g} s "
+        f"with {chunking.left / FRAME_RATE:g} s of context on each side, {chunking.batch_size} per batch")
     stem_of = {Path(p): n for p, n in zip(inputs, names)}
 
     def one(path: Path) -> TranscribeResult:
         r = transcribe_file(tr, path, out_dir, stem=stem_of[path], piano_roll=piano_roll, csv=csv,
-                            chunk_seconds=chunk, context_seconds=context, batch_size=batch)
+                            chunk_seconds=chunk_seconds, context_seconds=context_seconds, batch_size=batch_size)
         say(f"{path} -> {r.midi}: {r.n_notes} notes ({', '.join(r.instruments) or 'none'}); "
             f"{r.duration:.1f} s of audio in {r.seconds:.2f} s = {r.speed:.0f}x real time")
         return r

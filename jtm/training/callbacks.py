@@ -1,6 +1,8 @@
 """Small Lightning callbacks shared by the training modules."""
 from __future__ import annotations
 
+import time
+
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
@@ -56,3 +58,47 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(state.get("epoch", 0))
+
+
+class StepTimer(pl.Callback):
+    """Where a run's wall time goes: inside the training steps, or around them (loader, logging, validation,
+    checkpoints). ``summary()`` gives the figures ``metrics.json`` records under ``time/``.
+
+    A step is timed from ``on_train_batch_start`` to ``on_train_batch_end``: forward, loss, backward and the
+    optimiser step. Everything else between ``on_fit_start`` and ``on_fit_end`` counts as outside the step.
+    """
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.windows = 0
+        self.step_seconds = 0.0
+        self.fit_seconds = 0.0
+        self._fit_start = self._step_start = 0.0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        self.step_seconds += time.perf_counter() - self._step_start
+        self.steps += 1
+        audio = batch.get("audio") if isinstance(batch, dict) else None
+        self.windows += int(audio.shape[0]) if audio is not None else 0
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.fit_seconds = time.perf_counter() - self._fit_start
+
+    def summary(self) -> dict[str, float]:
+        """Seconds in and around the steps of this start of the run (a resumed run counts only its own)."""
+        outside = max(0.0, self.fit_seconds - self.step_seconds)
+        return {
+            "time/steps": float(self.steps),
+            "time/fit_seconds": round(self.fit_seconds, 3),
+            "time/step_seconds": round(self.step_seconds, 3),
+            "time/outside_step_seconds": round(outside, 3),
+            "time/windows_per_second": round(self.windows / self.fit_seconds, 3) if self.fit_seconds else 0.0,
+            "time/step_windows_per_second": round(self.windows / self.step_seconds, 3) if self.step_seconds else 0.0,
+        }
