@@ -375,8 +375,7 @@ def build_corpus(out: Path, *, minutes: float = 20.0, max_seconds: float = 60.0,
                                 soundfonts=fonts, heldout_soundfonts=heldout_fonts, renderings=renderings,
                                 heldout=heldout))
     all_fonts = fonts + heldout_fonts
-    available = [available_programs(f, set(RENDERED_CLASS)) for f in all_fonts] if renderings > 1 or heldout \
-        else [frozenset()] * len(all_fonts)
+    available = [available_programs(f, set(RENDERED_CLASS)) for f in all_fonts]
 
     plan = make_plan(seed)
     with _pool(workers) as pool:
