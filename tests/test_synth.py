@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from jtm.data.instruments import MUSICNET_INSTRUMENTS
-from jtm.data.synth import LABEL_COLUMNS, METADATA_COLUMNS, build_corpus, split_pieces
+from jtm.data.synth import LABEL_COLUMNS, METADATA_COLUMNS, PieceNotes, build_corpus, split_pieces
 from jtm.data.synth.catalogue import make_plan
 from jtm.errors import DataError
 
@@ -343,11 +343,12 @@ def test_timbre_corpus_is_deterministic_and_resumable(timbre_corpus, tmp_path):
         build_corpus(again, seed=0, soundfont=fonts[:1], heldout_soundfont=[held], **TIMBRE_ARGS)
 
 
-def _piece(program: int = 1, pitch: int = 69) -> "PieceNotes":
-    from jtm.data.synth import PieceNotes, SynthNote
+def _piece() -> PieceNotes:
+    """Two piano notes, A4 then E5, with silence before, between and after."""
+    from jtm.data.synth import SynthNote
 
-    notes = (SynthNote(2000, 2000 + RATE // 2, program, pitch, 0.0, 1.0, "Quarter", 90, 0),
-             SynthNote(RATE, RATE + RATE // 2, program, pitch + 7, 2.0, 1.0, "Quarter", 70, 0))
+    notes = (SynthNote(2000, 2000 + RATE // 2, 1, 69, 0.0, 1.0, "Quarter", 90, 0),
+             SynthNote(RATE, RATE + RATE // 2, 1, 76, 2.0, 1.0, "Quarter", 70, 0))
     return PieceNotes(notes=notes, n_samples=2 * RATE)
 
 

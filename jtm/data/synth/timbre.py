@@ -37,8 +37,8 @@ RENDERED_CLASS: dict[int, int] = {
 class Ranges:
     """Where a family's random draws come from (uniform; dB and seconds)."""
 
-    low_shelf_db: tuple[float, float]
-    high_shelf_db: tuple[float, float]  # magnitude; the sign is drawn, and the low shelf gets the opposite sign
+    low_shelf_db: tuple[float, float]  # training: signed; held-out: a magnitude, signed against the high shelf
+    high_shelf_db: tuple[float, float]  # a magnitude; the sign is drawn
     reverb_seconds: tuple[float, float]
     reverb_db: tuple[float, float]
     dry_probability: float
