@@ -111,3 +111,76 @@ def test_csv_in_musicnet_format(tmp_path) -> None:
     ]
     with pytest.raises(ValueError):
         notes_to_csv({0: piano}, tmp_path / "bad.csv")  # programs are 1-based
+
+
+# ------------------------------------------------------------------------------------ onsets and note decoding
+
+
+def _synthetic_notes():
+    """Notes at 16 kHz on 10 ms frames: overlapping pitches, a repeated note that touches its predecessor, a
+    one-frame note, and a note running to the end of the roll."""
+    from jtm.data.labels import HOP, Notes
+
+    frames = np.array([[0, 25, 48], [10, 30, 60], [30, 50, 60], [12, 13, 72], [40, 100, 21], [95, 100, 108]])
+    start, end, pitch = frames[:, 0] * HOP, frames[:, 1] * HOP, frames[:, 2]
+    table = Notes(start.astype(np.int64), end.astype(np.int64), np.ones(len(frames), np.int16), pitch.astype(np.int16))
+    return table, make_notes(frames[:, 0] / 100, frames[:, 1] / 100, pitch)
+
+
+def test_notes_to_rolls_to_notes_round_trip() -> None:
+    """notes -> frame roll + onset roll (the training labels) -> decoded notes: the same notes, including a
+    repeated note that touches the previous one (frame-wise decoding would merge the two)."""
+    from jtm.data.labels import track_onset_roll, track_piano_roll
+    from jtm.evaluation.notes import decode_notes, notes_to_onset_roll
+
+    table, expected = _synthetic_notes()
+    frame, onset = track_piano_roll(table, 100), track_onset_roll(table, 100)
+    assert onset.sum() == len(expected) and onset[30, 60] and onset[10, 60] and not onset[11:30, 60].any()
+    for onsets, frames in ((onset, frame), (onset.astype(np.float32), frame.astype(np.float32)),
+                           (notes_to_onset_roll(expected, 100), notes_to_roll(expected, 100))):
+        got = decode_notes(onsets, frames, 0.5, 0.5)
+        np.testing.assert_allclose(got.onset, expected.onset)
+        np.testing.assert_allclose(got.offset, expected.offset)
+        np.testing.assert_array_equal(got.pitch, expected.pitch)
+    merged = roll_to_notes(frame, 0.5, min_frames=1)
+    assert (merged.pitch == 60).sum() == 1  # frames alone cannot split the touching repeat
+
+
+def test_onset_roll_marks_only_notes_starting_in_the_window() -> None:
+    from jtm.data.labels import HOP, onset_roll
+
+    table, _ = _synthetic_notes()
+    roll = onset_roll(table, 20 * HOP + 7, 30)  # the note starting at frame 10 began before this window
+    assert {(int(f), int(p)) for f, p in zip(*np.nonzero(roll))} == {(9, 60), (19, 21)}
+
+
+def test_decoding_of_probabilities() -> None:
+    """An onset smeared over two frames starts one note at its first frame; the note ends where the frame
+    probability drops; frame activity without an onset starts no note; thresholds change the outcome."""
+    from jtm.evaluation.notes import decode_notes
+
+    onset = np.zeros((40, 128), np.float32)
+    frame = np.zeros((40, 128), np.float32)
+    onset[5:7, 60] = [0.6, 0.9]
+    frame[6:20, 60] = 0.8  # the onset frame (5) counts though the frame branch rises one frame late
+    frame[20:25, 60] = 0.4
+    frame[10:30, 64] = 0.9  # sustained energy, no onset: not a note
+    onset[30, 67] = 0.4  # a weak onset
+    frame[30:35, 67] = 0.9
+    notes = decode_notes(onset, frame, onset_threshold=0.5, frame_threshold=0.5)
+    assert notes.pitch.tolist() == [60] and notes.onset.tolist() == [0.05] and notes.offset.tolist() == [0.20]
+    assert notes.confidence.tolist() == [pytest.approx(0.6)]
+    low = decode_notes(onset, frame, onset_threshold=0.3, frame_threshold=0.3)
+    assert low.pitch.tolist() == [60, 67] and low.offset.tolist() == [0.25, 0.35]
+    assert len(decode_notes(np.zeros((0, 128)), np.zeros((0, 128)))) == 0
+    with pytest.raises(ValueError):
+        decode_notes(onset, frame[:10])
+
+
+def test_note_f1_with_and_without_offsets() -> None:
+    from jtm.evaluation.metrics import note_prf
+
+    ref = make_notes([0.0, 1.0], [0.5, 2.0], [60, 62])
+    est = make_notes([0.03, 1.0], [0.5, 1.2], [60, 62])  # onsets right, the second offset far off
+    assert note_prf(ref, est)["f1"] == 1.0
+    assert note_prf(ref, est, offset_ratio=0.2)["f1"] == pytest.approx(0.5)

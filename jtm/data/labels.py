@@ -242,3 +242,26 @@ def batch_pitch_instrument_roll(
     ``INSTRUMENT_PROGRAMS`` order."""
     roll = _batch_roll(store, tracks, starts, int(n_frames), by_instrument=True, dtype=dtype)
     return roll.reshape(len(roll), n_frames, N_INSTRUMENTS, N_PITCHES)
+
+
+# ------------------------------------------------------------------------------------------- onset labels
+
+
+def onset_roll(notes: Notes, start: int, n_frames: int) -> np.ndarray:
+    """Note starts of one window: bool (n_frames, 128), True at the frame holding each note's first sample.
+
+    Only notes that start inside the window mark a frame (a note already sounding at the window's start has
+    no onset there). Exact, one frame per note: no tolerance is added here; the note metric's +-50 ms and the
+    decoder (which starts a note at the first frame of a run of confident onset frames) absorb timing jitter.
+    """
+    start, n_frames = int(start), int(n_frames)
+    frame = np.floor_divide(notes.start.astype(np.int64) - start, HOP)
+    inside = (frame >= 0) & (frame < n_frames)
+    roll = np.zeros((n_frames, N_PITCHES), dtype=bool)
+    roll[frame[inside], notes.pitch[inside].astype(np.int64)] = True
+    return roll
+
+
+def track_onset_roll(notes: Notes, n_frames: int) -> np.ndarray:
+    """Whole-track onset roll from sample 0: bool (n_frames, 128) (see :func:`onset_roll`)."""
+    return onset_roll(notes, 0, n_frames)

@@ -26,7 +26,7 @@ from sklearn.metrics import (
     f1_score,
 )
 
-from jtm.evaluation.notes import NoteList, roll_to_notes
+from jtm.evaluation.notes import NoteList, decode_notes, roll_to_notes
 
 # Rounded so a tuned threshold reads (and serialises) as 0.5, not 0.49999999999999994.
 DEFAULT_THRESHOLDS = np.round(np.linspace(0.05, 0.95, 19), 6)
@@ -211,12 +211,15 @@ def tune_threshold(
 # ---------------------------------------------------------------------------------------------- note level
 
 
-def note_prf(ref_notes: NoteList, est_notes: NoteList, onset_tolerance: float = 0.05) -> dict[str, float]:
-    """Note-level precision/recall/F1 with onsets only (offsets ignored), by mir_eval.
+def note_prf(ref_notes: NoteList, est_notes: NoteList, onset_tolerance: float = 0.05,
+             offset_ratio: float | None = None) -> dict[str, float]:
+    """Note-level precision/recall/F1 by mir_eval, onsets only (offsets ignored) unless ``offset_ratio`` is given.
 
     ``mir_eval.transcription.precision_recall_f1_overlap(..., onset_tolerance=0.05, offset_ratio=None)``:
     an estimated note matches a reference note of the same pitch (within 50 cents) whose onset is within
-    +-50 ms; matching is one-to-one. Empty reference or estimate gives 0.0 (mir_eval's convention).
+    +-50 ms; matching is one-to-one. With ``offset_ratio`` (mir_eval's standard 0.2) its offset must also lie
+    within max(0.2 x the reference note's duration, 50 ms) of the reference offset. Empty reference or estimate
+    gives 0.0 (mir_eval's convention).
     """
     with _quiet_empty():
         p, r, f, _overlap = mir_eval.transcription.precision_recall_f1_overlap(
@@ -225,9 +228,26 @@ def note_prf(ref_notes: NoteList, est_notes: NoteList, onset_tolerance: float = 
             est_notes.intervals,
             mir_eval.util.midi_to_hz(est_notes.pitch.astype(np.float64)),
             onset_tolerance=onset_tolerance,
-            offset_ratio=None,
+            offset_ratio=offset_ratio,
         )
     return {"precision": float(p), "recall": float(r), "f1": float(f)}
+
+
+ONSET_THRESHOLDS = np.round(np.linspace(0.1, 0.9, 9), 6)
+"""Onset thresholds tried by :func:`tune_onset_threshold`."""
+
+
+def tune_onset_threshold(ref_notes: NoteList, onset: np.ndarray, frame: np.ndarray, frame_threshold: float,
+                         candidates: Sequence[float] | np.ndarray = ONSET_THRESHOLDS,
+                         frame_rate: float = 100.0) -> float:
+    """The candidate onset threshold whose decoded notes (:func:`decode_notes`) have the highest note-onset F1
+    (mir_eval, 50 ms) against ``ref_notes``; ties -> the lowest threshold. ``onset``/``frame`` (N, P) are
+    probabilities of validation recordings (never test), concatenated in the time frame of ``ref_notes``."""
+    cand = np.asarray(candidates, dtype=np.float64)
+    if cand.size == 0:
+        raise ValueError("no candidate thresholds")
+    f1 = [note_prf(ref_notes, decode_notes(onset, frame, float(c), frame_threshold, frame_rate))["f1"] for c in cand]
+    return float(cand[int(np.argmax(f1))])
 
 
 def transcription_metrics(
@@ -267,6 +287,31 @@ def transcription_metrics(
         "n_ref_notes": float(len(ref_notes)),
         "n_est_notes": float(len(est_notes)),
     }
+
+
+def note_task_metrics(y_true: np.ndarray, frame: np.ndarray, frame_threshold: float, ref_notes: NoteList,
+                      est_notes: NoteList, onset_true: np.ndarray | None = None, onset: np.ndarray | None = None,
+                      frame_rate: float = 100.0) -> dict[str, float]:
+    """The scores of transcription read as notes: frames, notes without and with offsets.
+
+    Args:
+        y_true, frame: (N, P) reference roll and frame probabilities; ``frame_threshold`` makes frames active.
+        ref_notes, est_notes: reference and decoded notes in the same time frame as the rolls.
+        onset_true, onset: optional (N, P) onset roll and onset probabilities, for ``onset_ap``.
+
+    Returns:
+        ``frame_ap``, ``frame_precision/recall/f1/accuracy`` (mir_eval.multipitch), ``note_precision/recall/f1``
+        (mir_eval.transcription, onsets within 50 ms, offsets ignored), ``note_offset_precision/recall/f1`` (also
+        offsets within max(20 % of the note, 50 ms)), ``onset_ap`` (nan without onsets), ``n_ref_notes``,
+        ``n_est_notes``.
+    """
+    scores: dict[str, float] = {"frame_ap": frame_average_precision(y_true, frame)}
+    scores.update({f"frame_{k}": v for k, v in frame_prf(y_true, frame, frame_threshold, frame_rate).items()})
+    scores.update({f"note_{k}": v for k, v in note_prf(ref_notes, est_notes).items()})
+    scores.update({f"note_offset_{k}": v for k, v in note_prf(ref_notes, est_notes, offset_ratio=0.2).items()})
+    scores["onset_ap"] = float("nan") if onset is None else frame_average_precision(onset_true, onset)
+    scores["n_ref_notes"], scores["n_est_notes"] = float(len(ref_notes)), float(len(est_notes))
+    return scores
 
 
 # ---------------------------------------------------------------------------------- classification / instruments

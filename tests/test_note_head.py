@@ -1,0 +1,103 @@
+"""The note head: shapes, context, training on a tiny synthetic problem, files, and the standardisation fold."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jtm.errors import ModelFileError
+from jtm.models.note_head import NoteHead, NoteLogits
+
+
+@pytest.mark.parametrize("context", ["conv", "gru"])
+def test_output_shapes(context: str) -> None:
+    torch.manual_seed(0)
+    head = NoteHead(in_dim=12, n_pitches=128, hidden=16, context=context)
+    out = head(torch.randn(3, 40, 12))
+    assert isinstance(out, NoteLogits)
+    assert out.onset.shape == (3, 40, 128) and out.frame.shape == (3, 40, 128)
+    onset, frame = head.probabilities(torch.randn(1, 7, 12))
+    assert onset.shape == frame.shape == (1, 7, 128) and 0 <= float(onset.min()) and float(frame.max()) <= 1
+    with pytest.raises(ValueError):
+        head(torch.randn(3, 40, 11))
+    with pytest.raises(ValueError):
+        NoteHead(12, kernel=4)
+
+
+def test_the_conv_head_sees_its_neighbours_and_no_further() -> None:
+    """Two convolutions of width 5 per branch: frame t depends on frames t-4..t+4 and nothing beyond."""
+    torch.manual_seed(0)
+    head = NoteHead(in_dim=4, n_pitches=8, hidden=8, context="conv", layers=2, kernel=5, dropout=0.0).eval()
+    x = torch.randn(1, 30, 4)
+    base = head(x).onset[0, 15]
+    for shift, changes in ((4, True), (-4, True), (5, False), (-6, False)):
+        y = x.clone()
+        y[0, 15 + shift] += 10.0
+        assert (not torch.allclose(head(y).onset[0, 15], base)) == changes, shift
+
+
+def _synthetic_batch(rng: np.random.Generator, batch: int = 8, frames: int = 48, dim: int = 6, pitches: int = 4):
+    """Features that mark note starts and sustains of a few pitches, and their onset / frame targets."""
+    onset = np.zeros((batch, frames, pitches), np.float32)
+    frame = np.zeros((batch, frames, pitches), np.float32)
+    for b in range(batch):
+        for p in range(pitches):
+            for s in rng.choice(frames - 8, size=2, replace=False):
+                onset[b, s, p] = 1
+                frame[b, s:s + 6, p] = 1
+    x = np.concatenate([frame + 0.3 * rng.standard_normal(frame.shape), onset[..., :dim - pitches]], axis=-1)
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(onset), torch.from_numpy(frame)
+
+
+def test_training_reduces_both_losses() -> None:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    head = NoteHead(in_dim=6, n_pitches=4, hidden=16, context="conv", dropout=0.0)
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-2)
+    x, onset, frame = _synthetic_batch(rng)
+
+    def losses() -> tuple[float, float]:
+        with torch.no_grad():
+            out = head(x)
+        return (float(F.binary_cross_entropy_with_logits(out.onset, onset)),
+                float(F.binary_cross_entropy_with_logits(out.frame, frame)))
+
+    before = losses()
+    for _ in range(40):
+        out = head(x)
+        loss = (F.binary_cross_entropy_with_logits(out.onset, onset)
+                + F.binary_cross_entropy_with_logits(out.frame, frame))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = losses()
+    assert after[0] < 0.5 * before[0] and after[1] < 0.5 * before[1], (before, after)
+
+
+def test_save_and_load_round_trip(tmp_path) -> None:
+    torch.manual_seed(0)
+    head = NoteHead(in_dim=10, hidden=8, context="gru").eval()
+    head.save_pretrained(tmp_path / "head", {"thresholds": {"onset": 0.4, "frame": 0.3}})
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    assert config["format"] == "jtm-note-head" and config["config"]["head"]["context"] == "gru"
+    loaded, extra = NoteHead.from_pretrained(tmp_path / "head")
+    assert extra == {"thresholds": {"onset": 0.4, "frame": 0.3}}
+    x = torch.randn(2, 9, 10)
+    torch.testing.assert_close(loaded(x).frame, head(x).frame)
+    (tmp_path / "head" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelFileError, match="model.safetensors"):
+        NoteHead.from_pretrained(tmp_path / "head")
+    with pytest.raises(ValueError):
+        head.save_pretrained(tmp_path / "other", {"head": {}})
+
+
+def test_folding_the_standardisation_keeps_the_outputs() -> None:
+    torch.manual_seed(0)
+    head = NoteHead(in_dim=5, hidden=8).eval()
+    mean, std = torch.randn(5), torch.rand(5) + 0.5
+    raw = torch.randn(1, 12, 5) * 3 + 1
+    folded = head.fold_standardisation(mean, std)
+    torch.testing.assert_close(folded(raw).onset, head((raw - mean) / std).onset, rtol=1e-4, atol=1e-4)
