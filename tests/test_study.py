@@ -380,7 +380,7 @@ def test_study_arguments(tmp_path: Path) -> None:
     assert parse_list("0.01, 0.1,1.0", float) == [0.01, 0.1, 1.0]
     assert fraction_dir(0.01) == "f0.01" and fraction_dir(1) == "f1.0"
     assert set(METHODS) == {"random-linear", "logmel-linear", "logmel-mlp", "cpc-linear", "cpc-mlp", "cpc-finetune",
-                            "supervised"}
+                            "supervised", "random-note", "logmel-note", "cpc-note"}
     base = StudyConfig(data="nowhere", out=str(tmp_path / "s"))
     with pytest.raises(JTMError, match="pretrained"):
         run_study(replace(base, methods=("cpc-linear",)))
@@ -432,3 +432,131 @@ def test_best_cpc_arm_is_chosen_on_validation_never_on_test() -> None:
     assert list(best["method"]) == [BEST_CPC, BEST_CPC]
     assert list(best["chosen"]) == ["cpc-mlp", "cpc-linear"] and list(best["headline"]) == [0.2, 0.1]
     assert best_cpc_rows(rows[rows["method"] == "cpc-linear"]).empty  # one CPC arm: nothing to choose
+
+
+# ------------------------------------------------------------------------------------------- the notes task
+
+
+NOTE_METHODS = ("cpc-note", "logmel-linear")
+
+
+@dataclass
+class NoteStudy:
+    store: Store
+    cfg: StudyConfig
+    out: Path
+    df: pd.DataFrame
+    probe: Probe
+    tuned_after_test_read: list
+
+
+@pytest.fixture(scope="module")
+def note_study(prepared_store, tmp_path_factory: pytest.TempPathFactory) -> NoteStudy:
+    """transcription + notes with a note head on CPC features and a frame-wise log-mel probe; every threshold
+    tuning call records whether a test recording had been read before it."""
+    store, _ = prepared_store
+    root = tmp_path_factory.mktemp("note_study")
+    cfg = config(store, tiny_pretrained(root / "pre"), root / "study", tasks=("transcription", "notes"),
+                 methods=NOTE_METHODS, fractions=(1.0,))
+    probe = Probe()
+    test = set(store.indices("test").tolist())
+    late: list = []
+    scoring_notes = [False]
+
+    def watch(fn):
+        def tuned(*args, **kwargs):
+            if scoring_notes[0]:
+                late.append(bool(probe.touched & test))
+            return fn(*args, **kwargs)
+        return tuned
+
+    def score_notes(*args, **kwargs):
+        scoring_notes[0] = True
+        try:
+            return original_score_notes(*args, **kwargs)
+        finally:
+            scoring_notes[0] = False
+
+    original_score_notes = study_mod._score_notes
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(study_mod, "_score_notes", score_notes)
+        mp.setattr(study_mod, "tune_threshold", watch(study_mod.tune_threshold))
+        mp.setattr(study_mod, "tune_onset_threshold", watch(study_mod.tune_onset_threshold))
+        df = instrumented_run(cfg, probe)
+    return NoteStudy(store, cfg, Path(cfg.out), df, probe, late)
+
+
+def test_the_notes_task_writes_frame_and_note_scores(note_study: NoteStudy) -> None:
+    df = pd.read_csv(note_study.out / "results.csv")
+    keys = sorted(zip(df["task"], df["method"], df["seed"]))
+    assert keys == sorted((t, m, k) for t, m in [("notes", "cpc-note"), ("notes", "logmel-linear"),
+                                                  ("transcription", "logmel-linear")] for k in range(SEEDS))
+    notes = df[df["task"] == "notes"]
+    assert (notes["headline_metric"] == "note_f1").all() and (notes["headline"] == notes["note_f1"]).all()
+    for column in ("frame_f1", "note_f1", "note_offset_f1", "frame_ap"):
+        assert notes[column].between(0, 1).all(), column
+    assert (notes["note_offset_f1"] <= notes["note_f1"] + 1e-12).all()  # an offset match is also an onset match
+    head = notes[notes["method"] == "cpc-note"]
+    assert head["onset_ap"].between(0, 1).all() and notes[notes["method"] == "logmel-linear"]["onset_ap"].isna().all()
+    summary = pd.read_csv(note_study.out / "summary.csv")
+    rows = summary[summary["task"] == "notes"]
+    assert set(rows["method"]) == {"cpc-note", "logmel-linear"}  # and no chance row for note F1
+    for metric in ("frame_f1", "note_offset_f1"):
+        for _, row in rows.iterrows():
+            values = notes[notes["method"] == row["method"]][metric]
+            assert row[f"{metric}_mean"] == pytest.approx(values.mean())
+            assert row[f"{metric}_ci95_low"] <= row[f"{metric}_mean"] <= row[f"{metric}_ci95_high"]
+    cell = note_study.out / "notes" / "cpc-note" / "f1.0" / "seed0"
+    result = json.loads((cell / "cell.json").read_text())["result"]
+    assert 0 < result["onset_threshold"] < 1 and 0 < result["threshold"] < 1
+    assert result["metrics"]["decoding"] == "onsets" and result["lrs_tried"].keys() == {f"{lr:g}" for lr in LRS}
+    assert (note_study.out / "label_efficiency_notes.png").is_file()
+
+
+def test_note_selection_and_thresholds_never_read_a_test_recording(note_study: NoteStudy) -> None:
+    test = set(note_study.store.indices("test").tolist())
+    assert note_study.probe.before_scoring and all(not touched & test for touched in
+                                                   note_study.probe.before_scoring.values())
+    assert all(test <= seen for seen in note_study.probe.during_scoring.values())
+    # every frame threshold (2 arms x 2 seeds) and onset threshold (the note head's 2 seeds) of the notes task
+    # was tuned before its cell read a test recording
+    assert len(note_study.tuned_after_test_read) == 3 * SEEDS and not any(note_study.tuned_after_test_read)
+
+
+def test_the_exported_note_head_reproduces_the_test_scores(note_study: NoteStudy) -> None:
+    from jtm.evaluation.metrics import frame_average_precision
+    from jtm.models.note_head import NoteHead
+
+    store, cell = note_study.store, note_study.out / "notes" / "cpc-note" / "f1.0" / "seed1"
+    head, extra = NoteHead.from_pretrained(cell / "model")
+    assert extra["task"] == "notes" and extra["frontend"]["layer"] == "context"
+    assert set(extra["thresholds"]) == {"onset", "frame"} and not (cell / "run.json").exists()
+    encoder = CPCEncoder.from_pretrained(Path(note_study.cfg.pretrained) / "encoder")
+    truths, probs = [], []
+    for t in store.indices("test"):
+        feats = torch.from_numpy(encoder.embed(store.audio(int(t)), store.sample_rate, layer="context"))
+        probs.append(head.probabilities(feats[None])[1][0].numpy())
+        truths.append(frame_roll(store, int(t), "transcription", len(feats)))
+    metrics = json.loads((cell / "metrics.json").read_text())
+    ap = frame_average_precision(np.concatenate(truths), np.concatenate(probs))
+    assert ap == pytest.approx(metrics["frame_ap"], abs=2e-3)
+
+
+def test_adding_the_notes_task_leaves_the_other_tasks_unchanged(note_study: NoteStudy, tmp_path: Path) -> None:
+    """The same transcription cell computed in a study without the notes task gives the same numbers."""
+    cfg = replace(note_study.cfg, out=str(tmp_path / "alone"), tasks=("transcription",), methods=("logmel-linear",))
+    alone = run_study(cfg, log=lambda _: None)
+    both = note_study.df[note_study.df["task"] == "transcription"].reset_index(drop=True)
+    for column in ("headline", "val_score", "lr", "best_step", "frame_f1", "note_f1"):
+        np.testing.assert_allclose(alone[column].to_numpy(float), both[column].to_numpy(float), err_msg=column)
+
+
+def test_note_arms_run_only_on_the_notes_task(tmp_path: Path) -> None:
+    base = StudyConfig(data="nowhere", out=str(tmp_path / "s"), tasks=("transcription", "notes"),
+                       methods=("logmel-note", "supervised", "logmel-linear"), fractions=(1.0,))
+    assert base.cells() == [("transcription", "supervised", 1.0), ("transcription", "logmel-linear", 1.0),
+                            ("notes", "logmel-note", 1.0), ("notes", "logmel-linear", 1.0)]
+    with pytest.raises(JTMError, match="no method of this study runs on task"):
+        run_study(replace(base, tasks=("notes",), methods=("supervised",)))
+    with pytest.raises(JTMError, match="no method of this study runs on task"):
+        run_study(replace(base, tasks=("transcription",), methods=("logmel-note",)))

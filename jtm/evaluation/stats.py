@@ -74,17 +74,20 @@ def summarize_results(
     value_column: str = "headline",
     keys: Sequence[str] = ("task", "method", "fraction"),
     confidence: float = 0.95,
+    extra_metrics: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One summary.csv row per ``keys`` group of a per-seed results table (without chance rows).
 
     ``results`` needs the ``keys`` and ``value_column``; ``headline_metric`` (first value of the group),
     ``seed`` (orders the ``lrs`` text) and ``lr`` are used when present. Groups keep their first appearance
-    order. Returns the columns of :data:`SUMMARY_COLUMNS`.
+    order. Returns the columns of :data:`SUMMARY_COLUMNS`, then for each of ``extra_metrics`` that ``results``
+    has, ``<metric>_mean``, ``<metric>_ci95_low`` and ``<metric>_ci95_high`` (NaN for groups without values).
     """
     missing = {*keys, value_column} - set(results.columns)
     if missing:
         raise ValueError(f"results lack column(s) {sorted(missing)}")
     df = results.sort_values("seed", kind="stable") if "seed" in results.columns else results
+    extras = [m for m in extra_metrics if m in results.columns]
     rows = []
     for key, grp in df.groupby(list(keys), sort=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -93,8 +96,13 @@ def summarize_results(
         row["headline_metric"] = grp["headline_metric"].iloc[0] if "headline_metric" in grp else value_column
         row.update({"n_seeds": s["n"], **{k: s[k] for k in ("mean", "std", "ci95_low", "ci95_high", "min", "max")}})
         row["lrs"] = format_lrs(grp["lr"]) if "lr" in grp else ""
+        for metric in extras:
+            m = mean_ci(pd.to_numeric(grp[metric], errors="coerce"), confidence)
+            row.update({f"{metric}_mean": m["mean"], f"{metric}_ci95_low": m["ci95_low"],
+                        f"{metric}_ci95_high": m["ci95_high"]})
         rows.append(row)
     cols = [c for c in SUMMARY_COLUMNS if c not in ("task", "method", "fraction")]
+    cols += [f"{m}_{s}" for m in extras for s in ("mean", "ci95_low", "ci95_high")]
     return pd.DataFrame(rows, columns=[*keys, *cols])
 
 

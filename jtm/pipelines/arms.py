@@ -1,4 +1,5 @@
-"""The two kinds of study arm: a probe on cached frozen features, and a model trained end to end on audio.
+"""The kinds of study arm: a probe on cached frozen features (:class:`FrozenProbe`; :class:`FrozenNoteHead`, a
+note head with onset and frame outputs, for the notes task), and a model trained end to end on audio.
 
 Both present the same face to the protocol (:func:`jtm.training.selection.train_selected`): ``build(seed, lr)``
 makes a fresh model and its optimiser, ``batches(seed)`` yields training batches for ever, ``loss(batch)`` scores
@@ -22,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jtm.data.labels import HOP
+from jtm.data.labels import HOP, track_onset_roll
 from jtm.data.store import Store
 from jtm.data.windows import WindowBatches
 from jtm.errors import JTMError
 from jtm.models.cpc import CPCEncoder
-from jtm.models.downstream import DownstreamModel, is_frame_task, window_starts
+from jtm.models.downstream import DownstreamModel, is_frame_task, pos_weight_from_counts, window_starts
 from jtm.models.logmel import LogMel
+from jtm.models.note_head import NoteHead
 from jtm.models.probes import build_probe
 from jtm.pipelines.features import FeatureCache
 from jtm.training.downstream import TaskData, frame_roll
@@ -172,6 +174,68 @@ def _fold_standardisation(model: nn.Module, mean: np.ndarray, std: np.ndarray) -
         first.weight.mul_(scale)
         first.bias.sub_(first.weight @ torch.from_numpy(mean))
     return probe
+
+
+NOTE_HEAD = {"hidden": 128, "context": "conv", "layers": 2, "kernel": 5, "dropout": 0.1}
+"""The note head the study trains (``jtm.models.note_head.NoteHead`` options): two residual convolutions of 5
+frames per branch, so each frame sees 40 ms on each side."""
+
+
+class FrozenNoteHead(FrozenProbe):
+    """A :class:`NoteHead` (onset and frame logits with temporal context) on cached standardised features of a
+    frozen front end: the same features, crops, batches and budget as :class:`FrozenProbe`, with an onset target
+    next to the frame target.
+
+    Targets are (B, W, 256) crops: the piano roll in ``[..., :128]``, the onset roll (each note's first frame,
+    :func:`jtm.data.labels.onset_roll`) in ``[..., 128:]``. The loss is the frame BCE (the task's positive weight)
+    plus the onset BCE (its own positive weight: onsets are far rarer cells than sounding frames).
+    """
+
+    def __init__(self, view: TaskView, cache: FeatureCache, max_stat_frames: int = 200_000,
+                 options: dict[str, Any] | None = None) -> None:
+        super().__init__(view, cache, "note", hidden=0, dropout=0.0, max_stat_frames=max_stat_frames)
+        self.options = dict(NOTE_HEAD if options is None else options)
+        onsets = [self._roll(int(t))[:, 128:] for t in self.train_tracks]
+        n_pos = sum(int(o.sum()) for o in onsets)
+        self.onset_pos_weight = pos_weight_from_counts(n_pos, sum(o.size for o in onsets), 100.0)
+
+    def _roll(self, track: int) -> np.ndarray:
+        if track not in self._rolls:
+            n = len(self.cache(track))
+            frames = frame_roll(self.view.store, track, self.view.task, n)
+            self._rolls[track] = np.concatenate([frames, track_onset_roll(self.view.store.notes(track), n)], axis=1)
+        return self._rolls[track]
+
+    def targets(self, track: int, n_frames: int | None = None) -> np.ndarray:
+        """Frame roll and onset roll of a track side by side: bool (F, 256), cut to ``n_frames``."""
+        return self._roll(track)[:n_frames]
+
+    def build(self, seed: int, lr: float) -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(seed)
+        model = NoteHead(len(self.mean), 128, **self.options)
+        return model, torch.optim.Adam(model.parameters(), lr=lr)
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        logits = model(batch[0])
+        target = batch[1].to(logits.frame.dtype)
+        onset_weight = torch.tensor(self.onset_pos_weight, dtype=logits.onset.dtype)
+        onset = F.binary_cross_entropy_with_logits(logits.onset, target[..., 128:], pos_weight=onset_weight)
+        return self.view.loss(logits.frame, target[..., :128]) + onset
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, tracks: np.ndarray, max_seconds: float | None
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(onset, frame) probabilities of whole recordings, each float32 (F, 128) from sample 0."""
+        limit = frame_limit(max_seconds, self.view.store.sample_rate)
+        out = []
+        for t in tracks:
+            onset, frame = model.probabilities(self._inputs(self.cache(int(t))[:limit]).unsqueeze(0))
+            out.append((onset[0].numpy(), frame[0].numpy()))
+        return out
+
+    def export(self, model: nn.Module) -> NoteHead:
+        """The head on raw (unstandardised) features of its front end."""
+        return model.fold_standardisation(torch.from_numpy(self.mean), torch.from_numpy(self.std))
 
 
 class EndToEnd:

@@ -24,6 +24,16 @@ Arms (``METHODS``); the random and from-scratch arms copy the pretrained encoder
     cpc-mlp         the pretrained CPC encoder, frozen, + MLP
     cpc-finetune    the pretrained CPC encoder fine-tuned with a linear probe
     supervised      the CPC architecture trained end to end from scratch
+    random-note, logmel-note, cpc-note   a note head (:class:`jtm.models.note_head.NoteHead`: onset and frame
+                    outputs, 1-D convolutions over frames) on the frozen features of that front end
+
+The **notes** task (``--tasks notes``) is transcription read as notes: trained on the same labels (plus each
+note's onset frame for note heads), scored on test by frame F1 (mir_eval.multipitch), note F1 onset-only and
+note F1 with offsets (mir_eval.transcription, 50 ms; headline: onset-only note F1). Note heads decode notes from
+onsets (:func:`jtm.evaluation.notes.decode_notes`), the frozen linear/MLP probes from frames as ``jtm evaluate``
+does; both thresholds come from the validation recordings. The note arms run only on the notes task, and the
+notes task takes only arms on frozen features; a note head's checkpoint is selected by the mean of validation
+frame AP and onset AP.
 
 Layout: ``DIR/study.json`` (the configuration), ``DIR/environment.json``, ``DIR/cache/`` (features),
 ``DIR/<task>/<method>/f<fraction>/seed<k>/`` a cell: ``cell.json`` (its configuration, the validation score of
@@ -45,7 +55,9 @@ import pandas as pd
 
 from jtm.data.store import Store
 from jtm.errors import JTMError
-from jtm.evaluation.metrics import ranking_average_precision, tune_threshold
+from jtm.data.labels import track_onset_roll
+from jtm.evaluation.metrics import note_task_metrics, ranking_average_precision, tune_onset_threshold, tune_threshold
+from jtm.evaluation.notes import NoteList, decode_notes, roll_to_notes
 from jtm.evaluation.plots import plot_label_efficiency
 from jtm.evaluation.stats import chance_row, summarize_results
 from jtm.fileio import atomic_path, folder_lock, load_json, write_json_atomic
@@ -53,11 +65,13 @@ from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import is_frame_task, load_frontend_source
 from jtm.models.logmel import LogMel
-from jtm.pipelines.arms import EndToEnd, FrozenProbe, TaskView, frame_limit
-from jtm.pipelines.evaluate import headline_metric, json_safe, score_classification, score_frames, track_labels
+from jtm.models.note_head import NoteHead
+from jtm.pipelines.arms import NOTE_HEAD, EndToEnd, FrozenNoteHead, FrozenProbe, TaskView, frame_limit
+from jtm.pipelines.evaluate import (FRAME_RATE, MIN_NOTE_FRAMES, _concat_notes, _reference_notes, headline_metric,
+                                    json_safe, score_classification, score_frames, track_labels)
 from jtm.pipelines.features import FeatureCache
 from jtm.training.downstream import DownstreamConfig, frame_roll, labelled_tracks, positive_weight, task_data
-from jtm.pipelines.study_config import METHODS, Method, StudyConfig
+from jtm.pipelines.study_config import METHODS, NOTE_TASK, Method, StudyConfig
 from jtm.training.runs import changed_keys, refuse_changed_config
 from jtm.training.selection import train_selected
 
@@ -107,7 +121,13 @@ class _Frontends:
         return self._caches[kind]
 
 
+def _headline(task: str) -> str:
+    """The metric a study reports per task: note-onset F1 for the notes task, else ``jtm evaluate``'s."""
+    return "note_f1" if task == NOTE_TASK else headline_metric(task)
+
+
 def _task_view(cfg: StudyConfig, store: Store, task: str, fraction: float, repeat: int) -> TaskView:
+    task = "transcription" if task == NOTE_TASK else task  # the notes task learns from transcription's labels
     data = task_data(store, task, fraction, cfg.seed, cfg.val_fraction, subset_seed=cfg.seed + repeat)
     pos_weight = positive_weight(store, data.splits.train, task, 100.0) if is_frame_task(task) else 1.0
     return TaskView(store, task, data, cfg.window, cfg.batch_size, pos_weight)
@@ -115,8 +135,15 @@ def _task_view(cfg: StudyConfig, store: Store, task: str, fraction: float, repea
 
 def _validation_score(arm: Any, model: Any, view: TaskView, truths: list[np.ndarray], max_seconds: float | None
                       ) -> float:
-    """Frame AP (frame tasks) or window accuracy (classification) on the validation recordings."""
+    """Frame AP (frame tasks) or window accuracy (classification) on the validation recordings; for a note head
+    the mean of frame AP and onset AP (rank-based like frame AP, so no threshold is tuned at every validation)."""
     outputs = arm.predict(model, view.data.splits.val, max_seconds)
+    if isinstance(arm, FrozenNoteHead):
+        truth = np.concatenate(truths)
+        onset = np.concatenate([o for o, _ in outputs])
+        frame = np.concatenate([f for _, f in outputs])
+        frame_ap = ranking_average_precision(truth[:, :128], frame)
+        return 0.5 * (frame_ap + ranking_average_precision(truth[:, 128:], onset))
     if view.frame_task:
         return ranking_average_precision(np.concatenate(truths), np.concatenate(outputs))
     hits = [(o.argmax(1) == y).mean() for o, y in zip(outputs, truths)]
@@ -124,8 +151,10 @@ def _validation_score(arm: Any, model: Any, view: TaskView, truths: list[np.ndar
     return float(np.average(hits, weights=counts))
 
 
-def _validation_truth(view: TaskView, max_seconds: float | None) -> list[np.ndarray]:
+def _validation_truth(view: TaskView, max_seconds: float | None, arm: Any = None) -> list[np.ndarray]:
     val = view.data.splits.val
+    if isinstance(arm, FrozenNoteHead):
+        return [arm.targets(int(t), frame_limit(max_seconds, view.store.sample_rate)) for t in val]
     if view.frame_task:
         limit = frame_limit(max_seconds, view.store.sample_rate)
         return [frame_roll(view.store, int(t), view.task)[:limit] for t in val]
@@ -142,10 +171,12 @@ def run_cell(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, fract
                        "models (more recordings, or a larger --val-fraction)")
     if spec.trains_encoder:
         arm: Any = EndToEnd(view, fronts.encoder("pretrained" if spec.finetune else "random"), spec.finetune)
+    elif spec.probe == "note":
+        arm = FrozenNoteHead(view, fronts.cache(spec.encoder), options=NOTE_HEAD)
     else:
         arm = FrozenProbe(view, fronts.cache(spec.encoder), spec.probe, cfg.hidden, cfg.dropout)
     lrs = [lr_choice] if lr_choice is not None else list(cfg.encoder_lrs if spec.trains_encoder else cfg.probe_lrs)
-    val_truth = _validation_truth(view, cfg.max_val_seconds)
+    val_truth = _validation_truth(view, cfg.max_val_seconds, arm)
     seed = cfg.seed + repeat
     tried: dict[str, float] = {}
     best = None
@@ -159,29 +190,37 @@ def run_cell(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, fract
             best = (lr, selected, model)
     assert best is not None
     lr, selected, model = best
-    result = _score_cell(cfg, arm, model, view, cell, lr, selected, tried, val_truth)
-    run = _downstream_config(cfg, view, cell, lr, method, fraction, cfg.seed + repeat)
-    write_json_atomic(cell / "run.json", run.to_dict())
+    result = _score_cell(cfg, arm, model, view, cell, lr, selected, tried, val_truth, task)
+    if not isinstance(arm, FrozenNoteHead):  # a note head is no downstream run (model/ holds the head alone)
+        run = _downstream_config(cfg, view, cell, lr, method, fraction, cfg.seed + repeat)
+        write_json_atomic(cell / "run.json", run.to_dict())
     return result
 
 
 def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Path, lr: float, selected: Any,
-                tried: dict[str, float], val_truth: list[np.ndarray]) -> dict[str, Any]:
+                tried: dict[str, float], val_truth: list[np.ndarray], task: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     test = view.data.splits.test
-    outputs = arm.predict(model, test, cfg.max_eval_seconds)
-    threshold = None
-    if view.frame_task:
+    threshold = onset_threshold = None
+    if task == NOTE_TASK:
+        metrics = _score_notes(cfg, arm, model, view, val_truth)
+        threshold, onset_threshold = metrics["threshold"], metrics["onset_threshold"]
+    elif view.frame_task:
+        outputs = arm.predict(model, test, cfg.max_eval_seconds)
         val_probs = arm.predict(model, view.data.splits.val, cfg.max_val_seconds)
         pitch = [_pitch_view(p, view.task) for p in val_probs]
         truth = [_pitch_view(t, view.task) for t in val_truth]
         threshold = tune_threshold(np.concatenate(truth), np.concatenate(pitch))
         metrics = score_frames(view.store, test, view.task, outputs, threshold, cell)
     else:
+        outputs = arm.predict(model, test, cfg.max_eval_seconds)
         metrics = score_classification(view.store, test, view.task, view.data.classes or [], outputs, cell)
     exported = arm.export(model)
-    exported.threshold = threshold
-    exported.save_pretrained(cell / "model")
+    if isinstance(exported, NoteHead):
+        exported.save_pretrained(cell / "model", _note_head_extra(arm, threshold, onset_threshold))
+    else:
+        exported.threshold = threshold
+        exported.save_pretrained(cell / "model")
     ids = view.store.tracks["id"].astype(str).to_numpy()
     splits = view.data.splits
     write_json_atomic(cell / "splits.json", {k: ids[getattr(splits, k)].tolist()
@@ -190,7 +229,77 @@ def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Pa
             "steps": selected.steps, "curve": selected.curve, "train_seconds": round(selected.seconds, 3),
             "eval_seconds": round(time.perf_counter() - t0, 3), "threshold": threshold,
             "n_train_tracks": int(len(splits.train)), "n_val": int(len(splits.val)), "n_test": int(len(test)),
-            "metrics": metrics}
+            "metrics": metrics, **({"onset_threshold": onset_threshold} if task == NOTE_TASK else {})}
+
+
+NOTE_METRICS = ("frame_f1", "note_f1", "note_offset_f1", "frame_ap", "onset_ap")
+"""Scores of the notes task that summary.csv gives a mean and 95 % interval of, besides the headline."""
+
+GAP_FRAMES = 1000
+"""Silent frames laid between recordings when their notes are pooled, so no note matches across recordings."""
+
+
+def _pooled(store: Store, tracks: np.ndarray, outputs: list[Any]) -> dict[str, Any]:
+    """Recordings laid end to end with ``GAP_FRAMES`` of silence between them: ``ref`` (NoteList), ``truth`` and
+    ``onset_truth`` bool (N, 128), ``frame`` and ``onset`` (N, 128) probabilities (``onset`` None for a
+    frame-wise probe), where ``outputs[i]`` is (onset, frame) or frame probabilities of ``tracks[i]``."""
+    parts: dict[str, list[Any]] = {"truth": [], "onset_truth": [], "frame": [], "onset": []}
+    refs, offset = [], 0
+    for t, out in zip(tracks, outputs):
+        onset, frame = out if isinstance(out, tuple) else (None, out)
+        n = len(frame)
+        refs.append((offset / FRAME_RATE, _reference_notes(store, int(t), n)))
+        gap = np.zeros((GAP_FRAMES, frame.shape[1]), dtype=np.float32)
+        parts["truth"] += [frame_roll(store, int(t), "transcription", n), gap.astype(bool)]
+        parts["onset_truth"] += [track_onset_roll(store.notes(int(t)), n), gap.astype(bool)]
+        parts["frame"] += [frame, gap]
+        parts["onset"] += [onset, gap]
+        offset += n + GAP_FRAMES
+    pooled = {k: np.concatenate(v) if v and v[0] is not None else None for k, v in parts.items()}
+    pooled["ref"] = _concat_notes(refs)
+    return pooled
+
+
+def _decode(pooled: dict[str, Any], frame_threshold: float, onset_threshold: float | None) -> NoteList:
+    """Notes from onsets (a note head) or from frames alone (a frame-wise probe, as ``jtm evaluate`` does)."""
+    if pooled["onset"] is None:
+        return roll_to_notes(pooled["frame"], frame_threshold, FRAME_RATE, min_frames=MIN_NOTE_FRAMES)
+    return decode_notes(pooled["onset"], pooled["frame"], float(onset_threshold), frame_threshold, FRAME_RATE)
+
+
+def _score_notes(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, val_truth: list[np.ndarray]
+                 ) -> dict[str, Any]:
+    """The notes task's scores on the test recordings. Both thresholds come from the validation recordings:
+    the frame threshold by frame F1, the onset threshold (note heads) by note-onset F1 at that frame threshold.
+    The test recordings are predicted only once both are fixed."""
+    store, val = view.store, view.data.splits.val
+    val_out = arm.predict(model, val, cfg.max_val_seconds)
+    val_pooled = _pooled(store, val, val_out)
+    frame_truth = np.concatenate([t[:, :128] for t in val_truth])
+    val_frames = np.concatenate([o[1] if isinstance(o, tuple) else o for o in val_out])
+    frame_threshold = tune_threshold(frame_truth, val_frames)
+    onset_threshold = None
+    if val_pooled["onset"] is not None:
+        onset_threshold = tune_onset_threshold(val_pooled["ref"], val_pooled["onset"], val_pooled["frame"],
+                                               frame_threshold, frame_rate=FRAME_RATE)
+    test = _pooled(store, view.data.splits.test, arm.predict(model, view.data.splits.test, cfg.max_eval_seconds))
+    est = _decode(test, frame_threshold, onset_threshold)
+    metrics: dict[str, Any] = note_task_metrics(test["truth"], test["frame"], frame_threshold, test["ref"], est,
+                                                test["onset_truth"], test["onset"], FRAME_RATE)
+    metrics.update(threshold=frame_threshold, onset_threshold=onset_threshold,
+                   decoding="onsets" if onset_threshold is not None else "frames")
+    return metrics
+
+
+def _note_head_extra(arm: FrozenNoteHead, frame_threshold: float | None, onset_threshold: float | None
+                     ) -> dict[str, Any]:
+    """What ``model/config.json`` of a note head records besides its architecture: the task, the decoding
+    thresholds chosen on validation, and the front end whose raw features it reads."""
+    front = arm.cache.frontend
+    return {"task": NOTE_TASK, "frame_rate": FRAME_RATE,
+            "thresholds": {"onset": onset_threshold, "frame": frame_threshold},
+            "frontend": {"kind": type(front).__name__, "layer": arm.cache.layer, "config": front.config.to_dict(),
+                         "features_key": arm.cache.dir.name}}
 
 
 def _downstream_config(cfg: StudyConfig, view: TaskView, cell: Path, lr: float, method_name: str, fraction: float,
@@ -224,7 +333,7 @@ def _check_study_folder(cfg: StudyConfig, out: Path) -> None:
 
 def _row(task: str, method: str, fraction: float, repeat: int, cfg: StudyConfig, result: dict[str, Any],
          cell: Path) -> dict[str, Any]:
-    name = headline_metric(task)
+    name = _headline(task)
     metrics = result["metrics"]
     row: dict[str, Any] = {"task": task, "method": method, "fraction": float(fraction), "seed": cfg.seed + repeat,
                            "headline_metric": name, "headline": metrics.get(name)}
@@ -243,6 +352,8 @@ def _chance_rows(cfg: StudyConfig, store: Store) -> list[dict[str, Any]]:
     accuracy = the share of test windows whose class is the most common class of the training recordings."""
     rows = []
     for task in cfg.tasks:
+        if task == NOTE_TASK:
+            continue  # no constant predictor has a meaningful note F1 (it transcribes no note, or every note)
         test = labelled_tracks(store, task, "test")
         if is_frame_task(task):
             limit = frame_limit(cfg.max_eval_seconds, store.sample_rate)
@@ -266,7 +377,8 @@ BEST_CPC = "cpc-best"
 
 def best_cpc_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of the :data:`BEST_CPC` arm, chosen by ``val_score`` among the cpc-* arms present (when two or more)."""
-    cpc = df[df["method"].str.startswith("cpc-") & (df["method"] != BEST_CPC)]
+    # Note heads are left out: their validation score (frame and onset AP) is not the probes' frame AP.
+    cpc = df[df["method"].str.startswith("cpc-") & (df["method"] != BEST_CPC) & ~df["method"].str.endswith("-note")]
     if cpc["method"].nunique() < 2:
         return df.iloc[0:0]
     best = cpc.loc[cpc.groupby(["task", "fraction", "seed"])["val_score"].idxmax()]
@@ -278,7 +390,9 @@ def _write_tables(out: Path, cfg: StudyConfig, store: Store, rows: list[dict[str
     df = pd.concat([df, best_cpc_rows(df)], ignore_index=True)
     with atomic_path(out / "results.csv") as tmp:
         df.to_csv(tmp, index=False)
-    summary = pd.concat([summarize_results(df), pd.DataFrame(_chance_rows(cfg, store))], ignore_index=True)
+    extra = NOTE_METRICS if NOTE_TASK in cfg.tasks else ()
+    summary = pd.concat([summarize_results(df, extra_metrics=extra), pd.DataFrame(_chance_rows(cfg, store))],
+                        ignore_index=True)
     with atomic_path(out / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     return df
@@ -330,7 +444,7 @@ def _run_study(cfg: StudyConfig, log: Callable[[str], None]) -> pd.DataFrame:
         sub = df[df["task"] == task]
         if sub["headline"].notna().any():
             chance = summary[(summary["task"] == task) & (summary["method"] == "chance")]
-            plot_label_efficiency(sub, out / f"label_efficiency_{_safe(task)}.png", metric_name=headline_metric(task),
+            plot_label_efficiency(sub, out / f"label_efficiency_{_safe(task)}.png", metric_name=_headline(task),
                                   value_column="headline", title=f"{task}: label efficiency", chance=chance)
     log(f"study done: {len(rows)} runs in {time.perf_counter() - started:.0f} s; results in {out / 'summary.csv'}")
     return df
@@ -340,6 +454,8 @@ def _cell_result(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, f
                  lr_choice: float | None, cell: Path) -> tuple[dict[str, Any], str]:
     """The cell's result: reused when finished with the same configuration, else computed and saved."""
     config = cfg.cell_config(task, method, fraction, repeat)
+    if METHODS[method].probe == "note":
+        config["note_head"] = dict(NOTE_HEAD)
     path = cell / "cell.json"
     if path.is_file():
         saved = load_json(path)
@@ -351,8 +467,8 @@ def _cell_result(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, f
     cell.mkdir(parents=True, exist_ok=True)
     result = run_cell(cfg, fronts, task, method, fraction, repeat, lr_choice, cell)
     write_json_atomic(cell / "metrics.json", json_safe({"task": task, "split": "test",
-                                                         "headline_metric": headline_metric(task),
-                                                         "headline": result["metrics"].get(headline_metric(task)),
+                                                         "headline_metric": _headline(task),
+                                                         "headline": result["metrics"].get(_headline(task)),
                                                          **result["metrics"]}))
     write_json_atomic(path, json_safe({"config": config, "result": result}))
     return load_json(path)["result"], f"trained {result['train_seconds']:.1f} s, scored {result['eval_seconds']:.1f} s"

@@ -20,6 +20,16 @@ class Method:
     def trains_encoder(self) -> bool:
         return self.finetune or self.encoder == "supervised"
 
+    def runs_on(self, task: str) -> bool:
+        """Note-head arms run only on the notes task, which runs only arms on frozen features."""
+        if task == NOTE_TASK:
+            return not self.trains_encoder
+        return self.probe != "note"
+
+
+NOTE_TASK = "notes"
+"""Transcription scored as notes: frame F1, note F1 with and without offsets (``jtm.pipelines.study``)."""
+
 
 METHODS: dict[str, Method] = {
     "random-linear": Method("random", "linear"),
@@ -29,6 +39,9 @@ METHODS: dict[str, Method] = {
     "cpc-mlp": Method("pretrained", "mlp"),
     "cpc-finetune": Method("pretrained", "linear", finetune=True),
     "supervised": Method("supervised", "linear"),
+    "random-note": Method("random", "note"),
+    "logmel-note": Method("logmel", "note"),
+    "cpc-note": Method("pretrained", "note"),
 }
 
 
@@ -95,6 +108,10 @@ class StudyConfig:
         if stray:
             raise JTMError(f"--skip {', '.join(stray)}: not a task/method pair of this study "
                            f"({', '.join(sorted(pairs))})")
+        idle = [t for t in self.tasks if not any(METHODS[m].runs_on(t) for m in self.methods)]
+        if idle:
+            raise JTMError(f"no method of this study runs on task(s) {', '.join(idle)} (the {NOTE_TASK} task takes "
+                           "the arms on frozen features, e.g. cpc-note; the *-note arms run only on it)")
         for f in self.fractions:
             if not 0.0 < float(f) <= 1.0:
                 raise JTMError(f"label fractions must lie in (0, 1], got {f}")
@@ -110,7 +127,7 @@ class StudyConfig:
     def cells(self) -> list[tuple[str, str, float]]:
         """(task, method, fraction) of every cell, in the order they run."""
         return [(t, m, float(f)) for t in self.tasks for m in self.methods for f in sorted(self.fractions)
-                if f"{t}/{m}" not in self.skip]
+                if f"{t}/{m}" not in self.skip and METHODS[m].runs_on(t)]
 
     @property
     def budget(self):
