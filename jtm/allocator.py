@@ -5,8 +5,10 @@ pages and unmaps them on ``free``. A CPC step allocates and frees hundreds of MB
 paid the kernel to zero those pages again: jemalloc, which keeps freed pages, made the reference step 1.2-1.7x
 faster (benchmarks/allocator.py). ``retain_freed_memory`` gets the same from glibc itself, with no extra package:
 large blocks come from the heap, and the heap is not trimmed, so a step reuses the pages of the step before.
-The price is that the process keeps its peak heap until it exits, which a training or inference command does
-anyway. ``JTM_MALLOC=default`` in the environment turns it off.
+After a few steps the heap has the shape the step needs and a step page-faults no more. The price is memory:
+the process keeps its heap until it exits, and fragmentation lets the heap settle at up to about twice the
+step's peak (tests/test_speed_settings.py; the RSS of real runs is in benchmarks/results). ``JTM_MALLOC=default``
+in the environment turns it off.
 """
 from __future__ import annotations
 

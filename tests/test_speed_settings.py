@@ -1,0 +1,81 @@
+"""The speed settings keep their promises: glibc keeps freed pages, bf16 leaves the CPC loss as it was."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from jtm.allocator import retain_freed_memory
+from jtm.hardware import BF16_FLAGS, cpu_flags, cpu_has_bf16
+from jtm.models.config import CPCConfig
+from jtm.models.cpc import CPCEncoder, CPCLoss, sample_negatives
+
+# A "step" that allocates and frees 180 MB of activations of mixed sizes, ten times: the page faults of the
+# last three steps (the first five or so find the heap's shape; it settles at about twice the peak).
+_FAULTS = """
+import resource, sys, torch
+from jtm.allocator import retain_freed_memory
+applied = retain_freed_memory() if sys.argv[1] == "retain" else False
+faults = []
+for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = torch.ones(16 << 20); b = torch.ones(9 << 20); c = a[: 9 << 20] + b; del a; d = torch.ones(20 << 20)
+    del b, c, d
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, sum(faults[7:]))
+"""
+
+
+def _refault(mode: str) -> tuple[str, int]:
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True).stdout
+    applied, faults = out.split()
+    return applied, int(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_retained_memory_is_reused_without_page_faults():
+    """Once warm, a step reuses the pages of the step before: ~0 faults instead of one per fresh 4 kB page."""
+    applied, retained = _refault("retain")
+    _, default = _refault("default")
+    assert applied == "True"
+    assert default > 3 * 50_000  # glibc as shipped: every step's large blocks are fresh pages again
+    assert retained < default / 20
+
+
+def test_jtm_malloc_default_turns_it_off(monkeypatch):
+    monkeypatch.setenv("JTM_MALLOC", "default")
+    assert retain_freed_memory() is False
+
+
+def test_bf16_flags_come_from_cpuinfo():
+    assert cpu_has_bf16() == any(flag in cpu_flags() for flag in BF16_FLAGS)
+
+
+@pytest.mark.parametrize("score", ["dot", "cosine"])
+def test_cpc_loss_under_bf16_autocast_matches_fp32(score):
+    """bf16 autocast (jtm pretrain --precision bf16-mixed, the default where the CPU has bf16) keeps the loss and
+    its gradients within bf16's rounding of the fp32 figures."""
+    torch.manual_seed(0)
+    cfg = CPCConfig(encoder="conv", encoder_dim=32, context="gru", context_dim=32, predict_steps=4, negatives=16,
+                    score=score)
+    model, criterion = CPCEncoder(cfg), CPCLoss(cfg)
+    wave = torch.randn(4, 6400)
+    idx = sample_negatives(4, 40, 36, 16, torch.Generator().manual_seed(0))
+
+    def loss_and_grad(bf16: bool):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            z, c = model(wave)
+            loss = criterion(c, z, idx).loss
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return loss.detach(), grad
+
+    loss32, grad32 = loss_and_grad(False)
+    loss16, grad16 = loss_and_grad(True)
+    assert loss16.dtype == torch.float32  # the loss itself is always computed in fp32
+    assert abs(float(loss16 - loss32)) / float(loss32) < 1e-2
+    cosine = torch.nn.functional.cosine_similarity(grad16, grad32, dim=0)
+    assert cosine > 0.98
