@@ -10,6 +10,7 @@ import soundfile as sf
 import soxr
 
 from jtm.errors import DataError
+from jtm.fileio import check_regular_file
 
 SAMPLE_RATE = 16_000
 """The rate every model in jtm works at."""
@@ -53,9 +54,7 @@ class AudioInfo:
 def probe_audio(path: str | Path) -> AudioInfo:
     """Read and check a file's header; raise :class:`DataError` for missing, empty or non-audio files."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    if path.stat().st_size == 0:
+    if check_regular_file(path) == 0:  # also refuses a FIFO, which would block the decoder
         raise DataError(path, "file is empty")
     try:
         info = sf.info(str(path))

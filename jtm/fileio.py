@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from jtm.errors import JTMError
+from jtm.errors import DataError, JTMError
 
 LOCK_NAME = ".jtm.lock"
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -87,6 +88,43 @@ def disk_full_errors(path: str | Path, exact: bool = False) -> Iterator[None]:
         raise
 
 
+def regular_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a file (missing, a folder, a FIFO, a device), or None for a regular file.
+
+    Checked before opening: reading a FIFO would block until some other process writes into it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link that loops back on itself"
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+    return f"not a regular file ({kind})"
+
+
+def check_regular_file(path: str | Path, max_bytes: int | None = None, kind: str = "file") -> int:
+    """The size of ``path`` after checking it is a regular file of at most ``max_bytes``; else a DataError."""
+    problem = regular_file_problem(path)
+    if problem is not None:
+        raise DataError(path, problem)
+    size = os.stat(path).st_size
+    if max_bytes is not None and size > max_bytes:
+        raise DataError(path, f"{kind} is too large: {size / 2**20:.0f} MB, more than the {max_bytes / 2**20:.0f} MB "
+                              "limit (far above any real one); refusing to read it")
+    return size
+
+
+def _unwritable(error: OSError) -> bool:
+    return isinstance(error, PermissionError) or error.errno == errno.EROFS
+
+
 def _not_writable(folder: Path, error: OSError) -> JTMError:
     return JTMError(f"{folder}: cannot write into this folder ({error.strerror or error}); "
                     "check its permissions or choose another output folder")
@@ -99,9 +137,9 @@ def make_folder(folder: str | Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise JTMError(f"{folder}: exists but is not a folder") from None
-    except PermissionError as e:
-        raise _not_writable(folder, e) from None
     except OSError as e:
+        if _unwritable(e):
+            raise _not_writable(folder, e) from None
         if is_disk_full(e):
             raise DiskFullError(folder) from None
         raise
@@ -125,8 +163,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         with disk_full_errors(target, exact=True):
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except PermissionError as e:
-        raise _not_writable(target.parent, e) from None
+    except OSError as e:
+        if _unwritable(e):
+            raise _not_writable(target.parent, e) from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp makes the file owner-only; give the result the permissions a plain open() would.
@@ -196,8 +236,10 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     lock_path = folder / LOCK_NAME
     try:
         fd = _acquire(lock_path)
-    except PermissionError as e:
-        raise _not_writable(folder, e) from None
+    except OSError as e:
+        if _unwritable(e):
+            raise _not_writable(folder, e) from None
+        raise
     _HELD_LOCKS[key] = 1
     try:
         try:  # who holds the lock, for the refusal message of a second command
@@ -249,9 +291,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def load_json(path: str | Path) -> Any:
-    """Read a JSON file; a malformed one is a DataError naming the file."""
-    from jtm.errors import DataError
-
+    """Read a JSON file; a missing, non-regular (FIFO, folder) or malformed one is a DataError naming the file."""
+    check_regular_file(path)
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

@@ -222,3 +222,168 @@ def test_pretrain_on_a_full_disk_stops_clearly_keeps_checkpoints_and_resumes(sto
     assert again.returncode == 0, again.stderr[-2000:]
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1
     assert not list(small_disk.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------ hostile or broken files
+def run_isolated(code: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter: a hang becomes a test failure (TimeoutExpired), not a stuck suite."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def encoder_folder(tmp_path: Path) -> Path:
+    from jtm.models.config import CPCConfig
+    from jtm.models.cpc import CPCEncoder
+
+    folder = tmp_path / "encoder"
+    CPCEncoder(CPCConfig(encoder_dim=16, context_dim=16, negatives=4, predict_steps=2)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("declared", ["file+1000", "2**63", "2**40"])
+def test_safetensors_header_length_beyond_the_file_is_refused(tmp_path: Path, declared: str) -> None:
+    from jtm.errors import ModelFileError
+    from jtm.models.pretrained import read_pretrained_weights
+
+    folder = encoder_folder(tmp_path)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    n = len(data) + 1000 if declared == "file+1000" else eval(declared)
+    weights.write_bytes(n.to_bytes(8, "little") + data[8:])
+    with pytest.raises(ModelFileError, match=f"{weights}: .*header"):
+        read_pretrained_weights(folder)
+
+
+def claiming_wav(path: Path, data_bytes: int, present: int) -> Path:
+    """An 8-bit mono 16 kHz WAV whose data chunk declares ``data_bytes`` (frames) but holds ``present``."""
+    import struct
+
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, 16000, 16000, 1, 8)
+    body = b"WAVE" + fmt + struct.pack("<4sI", b"data", data_bytes) + bytes([128]) * present
+    path.write_bytes(struct.pack("<4sI", b"RIFF", min(len(body), 2**32 - 1)) + body)
+    return path
+
+
+def test_wav_claiming_2_31_frames_is_refused_without_allocating_them(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from jtm.audio import load_audio
+    from jtm.errors import DataError
+
+    wav = claiming_wav(tmp_path / "huge claim.wav", 2**31, 16000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="huge claim.wav: audio is truncated: header says 2147483648 frames"):
+            load_audio(wav)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20, f"{peak / 2**20:.0f} MB allocated for a 16 kB file"
+
+
+def test_label_csv_of_ten_million_rows_is_refused_quickly_with_a_limit(tmp_path: Path) -> None:
+    from jtm.data.musicnet import read_labels
+    from jtm.errors import DataError
+
+    csv = tmp_path / "1000.csv"
+    with open(csv, "wb") as f:
+        f.write(b"start_time,end_time,instrument,note,start_beat,end_beat,note_value\n")
+        f.write(b"0,1000,1,60,0,1,Quarter\n" * 10**7)
+    started = time.perf_counter()
+    with pytest.raises(DataError, match=f"{csv}: CSV file is too large"):
+        read_labels(csv)
+    assert time.perf_counter() - started < 5.0  # refused from its size, never parsed
+
+
+def test_odd_file_names_are_prepared(tmp_path: Path) -> None:
+    from tests.helpers import make_audio_folder
+
+    names = ["-leading dash.wav", "with  spaces .wav", "Dvořák – Largo ♪.flac", "--.wav"]
+    make_audio_folder(tmp_path / "src", {n: (16000, 1, 1.5) for n in names})
+    done = subprocess.run([*JTM, "data", "prepare", str(tmp_path / "src"), str(tmp_path / "store"), "--workers", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(Store.open(tmp_path / "store").tracks["path"]) == sorted(names)
+
+
+def test_symlink_loops_in_an_audio_folder_are_ignored(tmp_path: Path) -> None:
+    from jtm.audio import find_audio_files
+    from tests.helpers import make_audio_folder
+
+    made = make_audio_folder(tmp_path / "src", {"a.wav": (16000, 1, 1.5), "sub/b.wav": (16000, 1, 1.5)})
+    (tmp_path / "src" / "sub" / "loop").symlink_to(tmp_path / "src")  # a folder that contains itself
+    (tmp_path / "src" / "x.wav").symlink_to(tmp_path / "src" / "y.wav")
+    (tmp_path / "src" / "y.wav").symlink_to(tmp_path / "src" / "x.wav")  # a file link loop
+    (tmp_path / "src" / "self.wav").symlink_to(tmp_path / "src" / "self.wav")
+    assert find_audio_files(tmp_path / "src") == sorted(made.values())
+    summary = prepare_store(tmp_path / "src", tmp_path / "store", workers=1, progress=False, min_seconds=1.0)
+    assert summary.n_tracks == 2
+
+
+def test_a_fifo_or_folder_where_a_file_is_expected_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    folder = encoder_folder(tmp_path)
+    (tmp_path / "labels.csv").mkdir()
+    fifos = {name: tmp_path / name for name in ("pipe.wav", "pipe.csv", "pipe.json")}
+    for fifo in fifos.values():
+        os.mkfifo(fifo)
+    fifo_model = tmp_path / "fifo_model"
+    fifo_model.mkdir()
+    os.mkfifo(fifo_model / "config.json")
+    os.mkfifo(fifo_model / "model.safetensors")
+    code = f"""
+from pathlib import Path
+from jtm.audio import load_audio
+from jtm.data.musicnet import read_labels
+from jtm.errors import JTMError
+from jtm.fileio import load_json
+from jtm.models.pretrained import read_pretrained_config, read_pretrained_weights
+calls = [(load_audio, {str(fifos['pipe.wav'])!r}), (load_audio, {str(tmp_path)!r}),
+         (read_labels, {str(fifos['pipe.csv'])!r}), (read_labels, {str(tmp_path / 'labels.csv')!r}),
+         (load_json, {str(fifos['pipe.json'])!r}),
+         (lambda p: read_pretrained_config(p, format='jtm-cpc-encoder', version=1), {str(fifo_model)!r}),
+         (read_pretrained_weights, {str(fifo_model)!r})]
+for fn, arg in calls:
+    try:
+        fn(arg)
+        print('ACCEPTED', arg)
+    except JTMError as e:
+        print('ERROR', e)
+"""
+    done = run_isolated(code, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 7 and all(line.startswith("ERROR") for line in lines), done.stdout
+    assert "pipe.wav: not a regular file (a FIFO" in lines[0]
+    assert "is a folder" in lines[1] and "is a folder" in lines[3]
+    assert "pipe.csv: not a regular file (a FIFO" in lines[2]
+    assert "pipe.json: not a regular file (a FIFO" in lines[4]
+    assert "config.json: not a regular file" in lines[5] and "model.safetensors: not a regular file" in lines[6]
+    assert folder.is_dir()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path):
+    """A read-only folder: a read-only tmpfs as root (root ignores permission bits), else chmod 555."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True,
+                              text=True)
+        if made.returncode != 0:
+            pytest.skip(f"root cannot be denied by permissions and a read-only tmpfs cannot be mounted: {made.stderr}")
+        yield folder
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
+def test_a_read_only_output_folder_is_a_clear_error(tmp_path: Path, read_only_folder: Path, store: Path) -> None:
+    make_musicnet_folder(tmp_path / "src", n_train=2, n_test=1, seconds=2.0)
+    for cmd in ([*JTM, "data", "prepare", str(tmp_path / "src"), str(read_only_folder), "--workers", "1"],
+                [*JTM, "data", "prepare", str(tmp_path / "src"), str(read_only_folder / "store"), "--workers", "1"],
+                [*JTM, "pretrain", "--data", str(store), "--out", str(read_only_folder / "run"), *TINY, "--epochs", "1"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert f"{read_only_folder}" in done.stderr and "cannot write into this folder" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

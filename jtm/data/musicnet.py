@@ -20,6 +20,7 @@ from jtm.audio import AUDIO_EXTENSIONS, find_audio_files
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, N_PITCHES
 from jtm.data.labels import Notes
 from jtm.errors import DataError
+from jtm.fileio import check_regular_file
 
 LABEL_SAMPLE_RATE = 44_100
 """MusicNet label times count samples at 44.1 kHz."""
@@ -63,10 +64,13 @@ def report(error: DataError, on_error: str, skipped: Skipped | None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- labels
+MAX_CSV_BYTES = 64 * 2**20
+"""Largest label or metadata CSV read (about 1.5 million notes; MusicNet's largest label file is under 1 MB)."""
+
+
 def _read_csv_as_text(path: Path) -> pd.DataFrame:
     """Read a CSV with every field as text (NaN where a field is empty or missing)."""
-    if not path.is_file():
-        raise DataError(path, "file not found")
+    check_regular_file(path, MAX_CSV_BYTES, "CSV file")  # a FIFO would block; a huge file would exhaust memory
     if path.stat().st_size == 0:
         raise DataError(path, "CSV file is empty (no header)")
     try:

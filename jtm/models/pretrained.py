@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from jtm.errors import ModelFileError
-from jtm.fileio import atomic_path, write_json_atomic
+from jtm.fileio import atomic_path, regular_file_problem, write_json_atomic
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -40,11 +40,38 @@ def save_pretrained_files(directory: str | Path, module: nn.Module, config: dict
     return directory
 
 
+MAX_SAFETENSORS_HEADER = 100 * 2**20
+"""The safetensors format's own limit on its JSON header (100 MB)."""
+
+
+def _check_model_file(path: Path, expected: str) -> None:
+    """A missing file, a folder or a FIFO (which would block the reader) is a ModelFileError naming it."""
+    problem = regular_file_problem(path)
+    if problem == "file not found":
+        raise ModelFileError(f"{path}: missing (expected {expected})")
+    if problem is not None:
+        raise ModelFileError(f"{path}: {problem}")
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Refuse a safetensors file whose declared header length cannot be right, before any parser sizes a buffer
+    from it (the file starts with that length as a little-endian u64, then the JSON header)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8:
+        raise ModelFileError(f"{path}: not a valid safetensors file, refusing to load it ({size} bytes, "
+                             "shorter than the 8-byte header length)")
+    declared = int.from_bytes(head, "little")
+    if declared > size - 8 or declared > MAX_SAFETENSORS_HEADER:
+        raise ModelFileError(f"{path}: not a valid safetensors file, refusing to load it (its header length is "
+                             f"{declared} bytes, but the file holds {size} bytes)")
+
+
 def read_config_json(path: str | Path, expected: str = "a model folder written by save_pretrained") -> Any:
     """Parse a model's ``config.json``; a missing or malformed file is a ModelFileError naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: missing (expected {expected})")
+    _check_model_file(path, expected)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -70,8 +97,8 @@ def read_pretrained_config(directory: str | Path, *, format: str, version: int) 
 def read_pretrained_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of ``directory/model.safetensors`` on CPU; anything else (pickle, truncated) is refused."""
     path = Path(directory) / WEIGHTS_NAME
-    if not path.is_file():
-        raise ModelFileError(f"{path}: missing (expected safetensors weights)")
+    _check_model_file(path, "safetensors weights")
+    _check_safetensors_header(path)
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
