@@ -125,7 +125,7 @@ def test_config_round_trip_and_validation():
     assert CPCConfig.from_dict(config.to_dict()) == config
     config = CPCConfig(encoder="gabor", gabor_filters=96, gabor_kernel=1025, negatives_from="window")
     assert CPCConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown CPCConfig keys"):
+    with pytest.raises(ValueError, match="unknown key .hidden. in CPCConfig"):
         CPCConfig.from_dict({**config.to_dict(), "hidden": 3})
     for bad in (dict(encoder="wav2vec"), dict(norm="group"), dict(context="mamba"), dict(encoder_dim=0),
                 dict(dropout=1.5), dict(negatives=2.5), dict(reverse="yes"), dict(context="transformer", heads=7),

@@ -1,6 +1,7 @@
 """``jtm transcribe``, ``jtm embed``, ``jtm report`` and ``jtm demo``: applying and presenting trained models."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from enum import Enum
 from pathlib import Path
@@ -8,8 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from jtm.cli.app import Layer, OnError, app
+from jtm.cli.app import Layer, OnError, app, config_from_options
 from jtm.errors import JTMError
+from jtm.pipelines.demo import DemoConfig
 
 
 class Pool(str, Enum):
@@ -115,28 +117,26 @@ def report(
     typer.echo(f"report: {path}")
 
 
+_FULL, _QUICK = DemoConfig.full(), DemoConfig.quick()
+
+
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("jtm-demo"), "--out", "-o", help="Folder for everything the demo makes; "
                              "re-running reuses finished stages."),
-    minutes: Optional[float] = typer.Option(None, help="Minutes of audio to synthesise (default: 20, quick: 1.5)."),
+    minutes: Optional[float] = typer.Option(None, help=f"Minutes of audio to synthesise (default: {_FULL.minutes:g}, "
+                                            f"quick: {_QUICK.minutes:g})."),
     quick: bool = typer.Option(False, "--quick", help="A smoke version (about 2 minutes): little audio, a tiny "
                                "model, one epoch."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
     workers: Optional[int] = typer.Option(None, help="Processes for synthesis and preparation (default: all cores)."),
 ) -> None:
     """The whole method on built-in data: synthesise, prepare, pretrain CPC, label-efficiency study, report."""
-    from jtm.pipelines.demo import DemoConfig, run_demo
+    from jtm.pipelines.demo import run_demo
 
-    cfg = DemoConfig.quick() if quick else DemoConfig.full()
-    if minutes is not None:
-        if not minutes > 0:
-            raise JTMError(f"--minutes must be positive, got {minutes}")
-        cfg.minutes = minutes
-    if threads is not None:
-        cfg.threads = threads
-    if workers is not None:
-        cfg.workers = workers
+    # --minutes, --threads and --workers override the preset (full or quick) only when given.
+    given = {k: v for k, v in dict(minutes=minutes, threads=threads, workers=workers).items() if v is not None}
+    cfg = config_from_options(DemoConfig, {**dataclasses.asdict(_QUICK if quick else _FULL), **given})
     result = run_demo(out, cfg, echo=typer.echo)
     sys.stdout.flush()
     typer.echo(f"report: {result.report}")

@@ -9,13 +9,13 @@ from typing import Optional
 
 import typer
 
-from jtm.cli.app import Layer, app
+from jtm.audio import HOP
+from jtm.cli.app import Layer, app, choices, config_from_options, default_of, parse_devices
 from jtm.cli.pretrain import is_global_zero
+from jtm.pipelines.study_config import METHODS, StudyConfig
+from jtm.training.config import PROBES, DownstreamConfig
 
-
-class Probe(str, Enum):
-    linear = "linear"
-    mlp = "mlp"
+Probe = choices("Probe", PROBES)
 
 
 class Split(str, Enum):
@@ -24,61 +24,65 @@ class Split(str, Enum):
     train = "train"
 
 
-def _devices(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
+def _run(name: str, enum=None):
+    """Default of a DownstreamConfig field."""
+    return default_of(DownstreamConfig, name, enum)
 
 
 @app.command("downstream")
 def downstream(
     data: Path = typer.Option(..., help="A prepared store (jtm data prepare)."),
-    task: str = typer.Option("transcription", help="transcription (128 pitches per 10 ms frame), pitch-instrument "
-                             "(11 instruments x 128 pitches), or a metadata column to classify (ensemble, composer, ...)."),
+    task: str = typer.Option(_run("task"), help="transcription (128 pitches per 10 ms frame), pitch-instrument "
+                             "(11 instruments x 128 pitches), or a metadata column to classify (ensemble, composer, "
+                             "...)."),
     encoder: str = typer.Option(..., help="A pretraining RUN, its encoder/ folder or an encoder file; or random "
-                                "(same architecture, random, frozen), logmel (log-mel baseline), supervised (from scratch)."),
+                                "(same architecture, random, frozen), logmel (log-mel baseline), supervised (from "
+                                "scratch)."),
     out: Path = typer.Option(..., help="Run folder; re-running with the same folder resumes, or skips if finished."),
-    probe: Probe = typer.Option(Probe.linear, help="linear, or mlp (one hidden layer)."),
-    finetune: bool = typer.Option(False, help="Train the pretrained encoder together with the probe."),
-    features: Layer = typer.Option(Layer.context, help="CPC layer the probe reads: context (c) or encoder (z)."),
-    label_fraction: float = typer.Option(1.0, help="Fraction of the labelled training recordings to train on "
-                                         "(seeded, nested across fractions; validation and test never subsampled)."),
-    architecture: Optional[Path] = typer.Option(None, help="For random/supervised: copy this run's CPC architecture "
-                                                "(default: jtm pretrain's defaults)."),
-    epochs: int = typer.Option(10, help="Training epochs (ignored with --steps)."),
-    steps: Optional[int] = typer.Option(None, help="Train for N optimizer steps instead of epochs: the same budget at "
-                                        "every label fraction; the checkpoint of lowest validation loss is kept."),
-    eval_every: int = typer.Option(50, help="With --steps: validate every N steps."),
-    batch_size: int = typer.Option(8, help="Windows per batch."),
-    window: int = typer.Option(20480, help="Window length in samples at 16 kHz (a multiple of 160)."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate of the probe."),
-    frontend_lr: Optional[float] = typer.Option(None, help="Learning rate of a trained front end (default: lr/10 "
-                                                "when fine-tuning, lr from scratch)."),
-    hidden: int = typer.Option(512, help="Hidden units of the MLP probe."),
-    seed: int = typer.Option(0, help="Seed of the label subset, the validation hold-out, initialisation and order."),
-    val_fraction: float = typer.Option(0.1, help="Training recordings held out for validation and the threshold."),
-    class_weights: bool = typer.Option(False, help="Weight the cross-entropy by inverse class frequency."),
-    pos_weight: Optional[float] = typer.Option(None, help="BCE positive weight for frame tasks (default: from the "
-                                               "training labels, clipped negatives/positives)."),
-    max_memory_gb: Optional[float] = typer.Option(None, help="Budget of audio held in memory (GB)."),
-    limit_train_batches: Optional[int] = typer.Option(None, help="Cap training batches per epoch (smoke runs)."),
-    limit_val_batches: Optional[int] = typer.Option(None, help="Cap validation batches per epoch."),
-    precision: str = typer.Option("32-true", help="Lightning precision: 32-true or bf16-mixed."),
-    accelerator: str = typer.Option("cpu", help="Lightning accelerator (cpu, gpu, auto)."),
-    devices: str = typer.Option("1", help="Devices (a number, or 'auto')."),
-    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    probe: Probe = typer.Option(_run("probe", Probe), help="linear, or mlp (one hidden layer)."),
+    finetune: bool = typer.Option(_run("finetune"), help="Train the pretrained encoder together with the probe."),
+    features: Layer = typer.Option(_run("features", Layer), help="CPC layer the probe reads: context (c) or "
+                                   "encoder (z)."),
+    label_fraction: float = typer.Option(_run("label_fraction"), help="Fraction of the labelled training recordings "
+                                         "to train on (seeded, nested across fractions; validation and test never "
+                                         "subsampled)."),
+    architecture: Optional[Path] = typer.Option(_run("architecture"), help="For random/supervised: copy this run's "
+                                                "CPC architecture (default: jtm pretrain's defaults)."),
+    epochs: int = typer.Option(_run("epochs"), help="Training epochs (ignored with --steps)."),
+    steps: Optional[int] = typer.Option(_run("steps"), help="Train for N optimizer steps instead of epochs: the same "
+                                        "budget at every label fraction; the checkpoint of lowest validation loss is "
+                                        "kept."),
+    eval_every: int = typer.Option(_run("eval_every"), help="With --steps: validate every N steps."),
+    batch_size: int = typer.Option(_run("batch_size"), help="Windows per batch."),
+    window: int = typer.Option(_run("window"), help=f"Window length in samples at 16 kHz (a multiple of {HOP})."),
+    lr: float = typer.Option(_run("lr"), help="Adam learning rate of the probe."),
+    frontend_lr: Optional[float] = typer.Option(_run("frontend_lr"), help="Learning rate of a trained front end "
+                                                "(default: lr/10 when fine-tuning, lr from scratch)."),
+    hidden: int = typer.Option(_run("hidden"), help="Hidden units of the MLP probe."),
+    seed: int = typer.Option(_run("seed"), help="Seed of the label subset, the validation hold-out, initialisation "
+                             "and order."),
+    val_fraction: float = typer.Option(_run("val_fraction"), help="Training recordings held out for validation and "
+                                       "the threshold."),
+    class_weights: bool = typer.Option(_run("class_weights"), help="Weight the cross-entropy by inverse class "
+                                       "frequency."),
+    pos_weight: Optional[float] = typer.Option(_run("pos_weight"), help="BCE positive weight for frame tasks "
+                                               "(default: from the training labels, clipped negatives/positives)."),
+    max_memory_gb: Optional[float] = typer.Option(_run("max_memory_gb"), help="Budget of audio held in memory (GB)."),
+    limit_train_batches: Optional[int] = typer.Option(_run("limit_train_batches"), help="Cap training batches per "
+                                                      "epoch (smoke runs)."),
+    limit_val_batches: Optional[int] = typer.Option(_run("limit_val_batches"), help="Cap validation batches per "
+                                                    "epoch."),
+    precision: str = typer.Option(_run("precision"), help="Lightning precision: 32-true or bf16-mixed."),
+    accelerator: str = typer.Option(_run("accelerator"), help="Lightning accelerator (cpu, gpu, auto)."),
+    devices: str = typer.Option(_run("devices"), help="Devices (a number, or 'auto')."),
+    threads: Optional[int] = typer.Option(_run("threads"), help="Torch CPU threads (default: all cores)."),
+    progress: bool = typer.Option(_run("progress"), help="Show a progress bar."),
 ) -> None:
     """Train a linear or MLP probe (or fine-tune) on a task; save RUN/model with a validation-tuned threshold."""
-    from jtm.training.downstream import DownstreamConfig, run_downstream
+    options = dict(locals())
+    from jtm.training.downstream import run_downstream
 
-    cfg = DownstreamConfig(
-        data=str(data), out=str(out), task=task, encoder=str(encoder), probe=probe.value, finetune=finetune,
-        features=features.value, label_fraction=label_fraction,
-        architecture=None if architecture is None else str(architecture), epochs=epochs, steps=steps,
-        eval_every=eval_every, batch_size=batch_size, window=window, lr=lr, frontend_lr=frontend_lr, hidden=hidden, seed=seed, val_fraction=val_fraction,
-        class_weights=class_weights, pos_weight=pos_weight, max_memory_gb=max_memory_gb,
-        limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches, precision=precision,
-        accelerator=accelerator, devices=_devices(devices), threads=threads, progress=progress,
-    )
+    cfg = config_from_options(DownstreamConfig, options, devices=parse_devices(devices))
     summary = run_downstream(cfg)
     if not is_global_zero():
         return  # under DDP every process runs this command; one report is enough
@@ -107,60 +111,55 @@ def evaluate(
     typer.echo(f"written: {run / 'metrics.json'}")
 
 
-def _study_default(name: str):
-    """The default of a :class:`StudyConfig` field, so each default is written once, in the dataclass."""
-    from jtm.pipelines.study_config import StudyConfig
-
-    value = StudyConfig.__dataclass_fields__[name].default
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, tuple) else value
+def _study(name: str):
+    """Default of a StudyConfig field (a tuple as comma-separated text)."""
+    return default_of(StudyConfig, name)
 
 
 @app.command("study")
 def study(
     data: Path = typer.Option(..., help="A prepared store with labels."),
-    out: Path = typer.Option(..., help="Study folder; a re-run reuses finished cells whose configuration is unchanged."),
-    pretrained: Optional[Path] = typer.Option(None, help="The CPC pretraining RUN (or encoder/) to probe and fine-tune; "
-                                              "the random and from-scratch arms copy its architecture."),
-    tasks: str = typer.Option(_study_default("tasks"), help="Comma-separated tasks, e.g. transcription,ensemble."),
-    fractions: str = typer.Option(_study_default("fractions"), help="Comma-separated label fractions."),
-    methods: str = typer.Option(_study_default("methods"), help="Comma-separated arms: random-linear, logmel-linear, "
-                                "logmel-mlp, cpc-linear, cpc-mlp, cpc-finetune, supervised."),
-    skip: str = typer.Option("", help="Comma-separated task/method pairs to leave out, e.g. ensemble/supervised."),
-    seeds: int = typer.Option(_study_default("seeds"), help="Repeats per cell, each with its own label subset."),
-    seed: int = typer.Option(_study_default("seed"), help="Base seed (validation hold-out; repeat k uses seed + k)."),
-    steps: int = typer.Option(_study_default("steps"), help="Optimizer steps of every run, at every label fraction."),
-    eval_every: int = typer.Option(_study_default("eval_every"), help="Validate every N steps; the best is kept."),
-    patience: int = typer.Option(_study_default("patience"), help="Stop after N validations without improvement "
+    out: Path = typer.Option(..., help="Study folder; a re-run reuses finished cells whose configuration is "
+                             "unchanged."),
+    pretrained: Optional[Path] = typer.Option(_study("pretrained"), help="The CPC pretraining RUN (or encoder/) to "
+                                              "probe and fine-tune; the random and from-scratch arms copy its "
+                                              "architecture."),
+    tasks: str = typer.Option(_study("tasks"), help="Comma-separated tasks, e.g. transcription,ensemble."),
+    fractions: str = typer.Option(_study("fractions"), help="Comma-separated label fractions."),
+    methods: str = typer.Option(_study("methods"), help=f"Comma-separated arms: {', '.join(METHODS)}."),
+    skip: str = typer.Option(_study("skip"), help="Comma-separated task/method pairs to leave out, e.g. "
+                             "ensemble/supervised."),
+    seeds: int = typer.Option(_study("seeds"), help="Repeats per cell, each with its own label subset."),
+    seed: int = typer.Option(_study("seed"), help="Base seed (validation hold-out; repeat k uses seed + k)."),
+    steps: int = typer.Option(_study("steps"), help="Optimizer steps of every run, at every label fraction."),
+    eval_every: int = typer.Option(_study("eval_every"), help="Validate every N steps; the best is kept."),
+    patience: int = typer.Option(_study("patience"), help="Stop after N validations without improvement "
                                  "(0: never)."),
-    probe_lrs: str = typer.Option(_study_default("probe_lrs"), help="Learning-rate grid of the frozen-feature probes."),
-    encoder_lrs: str = typer.Option(_study_default("encoder_lrs"), help="Learning-rate grid of the arms that train an "
+    probe_lrs: str = typer.Option(_study("probe_lrs"), help="Learning-rate grid of the frozen-feature probes."),
+    encoder_lrs: str = typer.Option(_study("encoder_lrs"), help="Learning-rate grid of the arms that train an "
                                     "encoder (fine-tuning runs the encoder at a tenth)."),
-    batch_size: int = typer.Option(_study_default("batch_size"), help="Windows per batch."),
-    window: int = typer.Option(_study_default("window"), help="Window length in samples at 16 kHz."),
-    features: str = typer.Option(_study_default("features"), help="CPC layer of the frozen probes: context, encoder "
+    batch_size: int = typer.Option(_study("batch_size"), help="Windows per batch."),
+    window: int = typer.Option(_study("window"), help="Window length in samples at 16 kHz."),
+    features: str = typer.Option(_study("features"), help="CPC layer of the frozen probes: context, encoder "
                                  "or both."),
-    hidden: int = typer.Option(_study_default("hidden"), help="Hidden units of the MLP probes."),
-    val_fraction: float = typer.Option(_study_default("val_fraction"), help="Training recordings held out for "
+    hidden: int = typer.Option(_study("hidden"), help="Hidden units of the MLP probes."),
+    val_fraction: float = typer.Option(_study("val_fraction"), help="Training recordings held out for "
                                        "validation (selection and thresholds)."),
-    max_val_seconds: Optional[float] = typer.Option(_study_default("max_val_seconds"), help="Seconds of each "
+    max_val_seconds: Optional[float] = typer.Option(_study("max_val_seconds"), help="Seconds of each "
                                                     "validation recording scored."),
-    max_eval_seconds: Optional[float] = typer.Option(None, help="Score only the first N seconds of each test recording."),
-    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: the usable cores)."),
+    max_eval_seconds: Optional[float] = typer.Option(_study("max_eval_seconds"), help="Score only the first N "
+                                                     "seconds of each test recording."),
+    threads: Optional[int] = typer.Option(_study("threads"), help="Torch CPU threads (default: the usable cores)."),
 ) -> None:
     """Label efficiency: every task x method x fraction x seed, at an equal step budget, with the learning rate and
     the checkpoint chosen on validation; results.csv, summary.csv (mean, 95 % CI, min-max, chance) and plots."""
+    options = dict(locals())
     from jtm.pipelines.study import parse_list, run_study
-    from jtm.pipelines.study_config import StudyConfig
 
-    cfg = StudyConfig(
-        data=str(data), out=str(out), pretrained=None if pretrained is None else str(pretrained),
-        tasks=tuple(parse_list(tasks)), fractions=tuple(parse_list(fractions, float)),
-        methods=tuple(parse_list(methods)), skip=tuple(parse_list(skip)), seeds=seeds, seed=seed, steps=steps, eval_every=eval_every,
-        patience=patience, probe_lrs=tuple(parse_list(probe_lrs, float)),
-        encoder_lrs=tuple(parse_list(encoder_lrs, float)), batch_size=batch_size, window=window, features=features,
-        hidden=hidden, val_fraction=val_fraction, max_val_seconds=max_val_seconds, max_eval_seconds=max_eval_seconds,
-        threads=threads,
-    )
+    cfg = config_from_options(
+        StudyConfig, options, tasks=tuple(parse_list(tasks)), fractions=tuple(parse_list(fractions, float)),
+        methods=tuple(parse_list(methods)), skip=tuple(parse_list(skip)),
+        probe_lrs=tuple(parse_list(probe_lrs, float)), encoder_lrs=tuple(parse_list(encoder_lrs, float)))
     run_study(cfg, log=typer.echo)
     from jtm.pipelines.demo import results_table
 

@@ -10,6 +10,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from jtm.configs import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW
 from jtm.data.labels import HOP, N_INSTRUMENTS, batch_piano_roll, batch_pitch_instrument_roll
 from jtm.data.instruments import N_PITCHES
 from jtm.data.samplers import SAMPLINGS, EpochPlan, plan_epoch, shard_batches
@@ -57,8 +58,8 @@ class WindowBatches(IterableDataset):
         store: Store,
         track_indices: Sequence[int] | np.ndarray,
         *,
-        window: int = 20480,
-        batch_size: int = 8,
+        window: int = DEFAULT_WINDOW,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         sampling: str = "uniform",
         labels_by: str | None = None,
         max_memory_bytes: int | None = None,

@@ -149,10 +149,10 @@ class CPCEncoder(nn.Module):
         if not (directory / "config.json").exists() and (directory / "encoder" / "config.json").exists():
             directory = directory / "encoder"
         raw = read_pretrained_config(directory, format=ENCODER_FORMAT, version=ENCODER_FORMAT_VERSION)
-        try:
-            config = CPCConfig.from_dict(raw)
-        except (TypeError, ValueError) as e:
-            raise ModelFileError(f"{directory / 'config.json'}: invalid model config ({e})") from None
+        try:  # strictly, with every size bounded, before any layer is allocated
+            config = CPCConfig.from_dict(raw, directory / "config.json")
+        except ValueError as e:  # ConfigError: names the file, the key and the problem
+            raise ModelFileError(str(e)) from None
         model = cls(config)
         load_weights_into(model, read_pretrained_weights(directory), directory / WEIGHTS_NAME)
         return model.to(map_location).eval()

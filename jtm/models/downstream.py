@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from dataclasses import MISSING, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from jtm.audio import HOP
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, N_PITCHES
+from jtm.configs import MAX_OUTPUTS, MAX_WIDTH, bounded, check_bounds, load_config
 from jtm.errors import ModelFileError
 from jtm.fileio import atomic_path, write_json_atomic
 from jtm.models.config import CPCConfig
@@ -237,21 +239,25 @@ class DownstreamModel(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], source: str | Path = "config") -> "DownstreamModel":
-        """An untrained model of the architecture ``config`` (a ``config.json`` dict) describes."""
+        """An untrained model of the architecture ``config`` (a ``config.json`` dict) describes.
+
+        Every key is checked (:class:`DownstreamFile`, with the front end's and the probe's sizes bounded) before
+        any layer is built, so a hostile file is refused with the key it got wrong, never allocated."""
         try:
-            front = config["frontend"]
-            if front["kind"] == "cpc":
-                frontend: CPCEncoder | LogMel = CPCEncoder(CPCConfig.from_dict(front["config"]))
-            elif front["kind"] == "logmel":
-                frontend = LogMel(LogMelConfig.from_dict(front["config"]))
-            else:
-                raise ValueError(f"unknown front end kind {front['kind']!r}")
+            spec = load_config(DownstreamFile, config, str(source))
+            if spec.frontend.kind not in FRONTENDS:
+                raise ModelFileError(f"{source}: unknown front end kind {spec.frontend.kind!r} (cpc or logmel)")
+            front_config = FRONTENDS[spec.frontend.kind].from_dict(spec.frontend.config, source)
+            width = _feature_width(front_config, spec.features)
+            if spec.probe.in_dim != width:
+                raise ModelFileError(f"{source}: probe.in_dim is {spec.probe.in_dim} but the front end's "
+                                     f"{spec.features} features are {width} wide")
+            frontend = CPCEncoder(front_config) if spec.frontend.kind == "cpc" else LogMel(front_config)
             probe_config = dict(config["probe"])
-            model = cls(frontend, _probe_from_config(probe_config), task=str(config["task"]),
-                        features=config["features"], probe_config=probe_config, classes=config.get("classes"),
-                        threshold=config.get("threshold"))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelFileError(f"{source}: invalid downstream model config ({type(e).__name__}: {e})") from None
+            model = cls(frontend, _probe_from_config(probe_config), task=spec.task, features=spec.features,
+                        probe_config=probe_config, classes=spec.classes, threshold=spec.threshold)
+        except (KeyError, TypeError, ValueError) as e:  # a ConfigError names the file and the key already
+            raise ModelFileError(str(e) if str(source) in str(e) else f"{source}: {e}") from None
         expected = task_outputs(model.task, model.classes) if model.classes or is_frame_task(model.task) else None
         if expected is not None and expected != model.n_out:
             raise ModelFileError(f"{source}: probe has {model.n_out} outputs but task {model.task!r} needs {expected}")
@@ -265,6 +271,57 @@ class DownstreamModel(nn.Module):
         model = cls.from_config(config, directory / CONFIG_NAME)
         load_weights_into(model, read_pretrained_weights(directory), directory / WEIGHTS_NAME)
         return model.to(map_location).eval()
+
+
+FRONTENDS: dict[str, type] = {"cpc": CPCConfig, "logmel": LogMelConfig}
+"""The config class of each front end ``kind`` a downstream ``config.json`` may name."""
+
+
+def _feature_width(front: CPCConfig | LogMelConfig, features: str) -> int:
+    """Width D of the features a probe reads, from the front end's config alone (before building it)."""
+    if isinstance(front, LogMelConfig):
+        return front.dim
+    if features not in FEATURE_LAYERS:
+        raise ModelFileError(f"features must be one of {', '.join(FEATURE_LAYERS)}, not {features!r}")
+    dims = {"context": front.context_dim, "encoder": front.encoder_dim}
+    return dims[features] if features in dims else sum(dims.values())
+
+
+@dataclass
+class FrontendSpec:
+    """The ``frontend`` object of a downstream ``config.json``: its kind, and the config of that kind."""
+
+    kind: str
+    config: dict[str, Any]
+
+
+@dataclass
+class ProbeSpec:
+    """The ``probe`` object of a downstream ``config.json`` (what :func:`jtm.models.probes.build_probe` takes)."""
+
+    kind: str
+    in_dim: int = bounded(MISSING, 1, 2 * MAX_WIDTH)  # both layers: encoder_dim + context_dim
+    n_out: int = bounded(MISSING, 1, MAX_OUTPUTS)
+    pool: bool
+    hidden: int | None = bounded(None, 1, MAX_WIDTH)
+    dropout: float | None = bounded(None, 0.0, 0.99)
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
+@dataclass
+class DownstreamFile:
+    """A downstream model's ``config.json`` (see the module docstring), read strictly before anything is built."""
+
+    format: str
+    version: int
+    task: str
+    frontend: FrontendSpec
+    features: str
+    probe: ProbeSpec
+    classes: list[str] | None = None
+    threshold: float | None = None
 
 
 def window_starts(n: int, window: int, min_remainder: int = 1) -> list[int]:
@@ -341,9 +398,11 @@ def load_encoder_file(path: str | Path) -> CPCEncoder:
     if metadata.get("format") != ENCODER_FILE_FORMAT or "config" not in metadata:
         raise ModelFileError(f"{path}: safetensors file without a jtm encoder config in its metadata")
     try:
-        config = CPCConfig.from_dict(json.loads(metadata["config"]))
-    except (TypeError, ValueError) as e:
+        config = CPCConfig.from_dict(json.loads(metadata["config"]), f"{path} (metadata 'config')")
+    except json.JSONDecodeError as e:
         raise ModelFileError(f"{path}: invalid encoder config in metadata ({e})") from None
+    except ValueError as e:  # ConfigError: names the file and the key
+        raise ModelFileError(str(e)) from None
     encoder = CPCEncoder(config)
     load_weights_into(encoder, tensors, path)
     return encoder.eval()

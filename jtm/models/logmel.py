@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from jtm.configs import bounded, check_bounds, load_config
 
 HOP = 160
 """Samples per frame at 16 kHz (10 ms): the stride of every jtm front end."""
@@ -27,10 +30,10 @@ HOP = 160
 class LogMelConfig:
     """Settings of :class:`LogMel`; saved inside a downstream model's ``config.json``."""
 
-    sample_rate: int = 16000
-    n_fft: int = 1024
-    hop: int = HOP
-    n_mels: int = 128
+    sample_rate: int = bounded(16000, 1000, 192000)
+    n_fft: int = bounded(1024, 16, 16384)
+    hop: int = bounded(HOP, 1, 16000)
+    n_mels: int = bounded(128, 1, 512)
     f_min: float = 30.0
     f_max: float | None = None
     """Upper edge of the top mel band (None: Nyquist)."""
@@ -38,6 +41,9 @@ class LogMelConfig:
     """Per-mel-band normalisation with running statistics (no trainable parameters)."""
     eps: float = 1e-6
     """Added before the log, so silence maps to log(eps) instead of -inf."""
+
+    def __post_init__(self) -> None:
+        check_bounds(self)  # before the filterbank (n_fft // 2 + 1, n_mels) is allocated
 
     @property
     def dim(self) -> int:
@@ -47,12 +53,9 @@ class LogMelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LogMelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown log-mel settings: {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], source: str | Path = "config") -> "LogMelConfig":
+        """Strictly, as :func:`jtm.configs.load_config`."""
+        return load_config(cls, d, str(source))
 
 
 def _hz_to_mel(hz: np.ndarray | float) -> np.ndarray:

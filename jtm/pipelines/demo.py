@@ -35,8 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jtm.configs import (MAX_WIDTH, batch_size_field, bounded, check_bounds, count_field, field_default,
+                         load_config, window_field)
 from jtm.errors import JTMError
 from jtm.fileio import load_json, write_json_atomic
+from jtm.models.config import CPCConfig
 from jtm.pipelines.study_config import StudyConfig
 from jtm.training.runs import changed_keys
 
@@ -44,7 +47,7 @@ Echo = Callable[[str], None]
 
 
 def _study_default(name: str) -> Any:
-    return StudyConfig.__dataclass_fields__[name].default
+    return field_default(StudyConfig, name)
 
 
 @dataclass
@@ -52,7 +55,7 @@ class DemoConfig:
     """Everything the demo does; ``full()`` is the README's demo, ``quick()`` a smoke test of every stage."""
 
     # -- corpus
-    minutes: float = 20.0
+    minutes: float = bounded(20.0, 0.01, 100_000.0)
     """Minutes of audio to synthesise."""
     max_seconds: float = 30.0
     """At most this many seconds of each piece: more, shorter pieces give the study more recordings (41 pieces,
@@ -66,19 +69,19 @@ class DemoConfig:
     score: str = "cosine"
     """InfoNCE on cosine similarity / 0.1: with CPC_audio's dot product a few feature directions carry the loss
     and a linear probe's frame AP halves (docs/RESULTS.md)."""
-    encoder_dim: int = 128
-    context_dim: int = 128
+    encoder_dim: int = bounded(128, 1, MAX_WIDTH)
+    context_dim: int = bounded(128, 1, MAX_WIDTH)
     norm: str = "batch"
     """Encoder normalisation. Batch norm with a high learning rate learns within the few hundred steps a CPU
     affords; CPC_audio's per-frame channel norm needs ~2e-4 and far more steps (at 5e-4 it collapsed to
     chance within 30 steps here)."""
-    predict_steps: int = 12
-    negatives: int = 128
-    window: int = 20480
-    batch_size: int = 8
-    pretrain_epochs: int = 6
+    predict_steps: int = field_default(CPCConfig, "predict_steps")
+    negatives: int = field_default(CPCConfig, "negatives")
+    window: int = window_field()
+    batch_size: int = batch_size_field()
+    pretrain_epochs: int = count_field(6)
     pretrain_lr: float = 2e-3
-    pretrain_limit_batches: int | None = None
+    pretrain_limit_batches: int | None = count_field(None)
     """Cap on training batches per pretraining epoch (None: the whole corpus every epoch)."""
     # -- label-efficiency study (jtm.pipelines.study: equal step budget, lr and checkpoint chosen on validation)
     tasks: tuple[str, ...] = ("transcription", "ensemble")
@@ -102,10 +105,15 @@ class DemoConfig:
     max_eval_seconds: float | None = None
     """Seconds of each test recording that are evaluated (None: all)."""
     # -- machine (not part of what is computed: may change between a run and its continuation)
-    threads: int | None = None
-    workers: int | None = None
+    threads: int | None = bounded(None, 1, 4096)
+    workers: int | None = bounded(None, 1, 4096)
 
     MACHINE_KEYS = ("threads", "workers")
+    RETIRED_KEYS = ("study_epochs", "study_lr", "study_limit_batches", "tune_max_seconds")
+    """Keys of demo.json files written before the study's protocol moved to StudyConfig; read and ignored."""
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
     @classmethod
     def full(cls) -> "DemoConfig":
@@ -128,13 +136,9 @@ class DemoConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DemoConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        for key in ("tasks", "fractions", "methods", "skip", "probe_lrs", "encoder_lrs"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], source: str | Path = "demo.json") -> "DemoConfig":
+        """Strictly, as :func:`jtm.configs.load_config` (JSON lists become the tuples)."""
+        return load_config(cls, d, str(source))
 
     def content(self) -> dict[str, Any]:
         """The settings that determine the results (everything but threads and workers)."""

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from jtm.audio import HOP
+from jtm.configs import (MAX_WIDTH, batch_size_field, bounded, check_bounds, count_field, load_config,
+                         window_field)
 from jtm.errors import JTMError
 
 
@@ -58,41 +62,41 @@ class StudyConfig:
     methods: tuple[str, ...] = tuple(METHODS)
     skip: tuple[str, ...] = ()
     """``task/method`` pairs left out, e.g. ``ensemble/supervised`` (the costly arm of a secondary task)."""
-    seeds: int = 3
+    seeds: int = bounded(3, 1, 1000)
     seed: int = 0
     """Base seed: the validation hold-out; repeat k uses seed + k for its subset, initialisation and order."""
-    steps: int = 300
-    eval_every: int = 50
-    patience: int = 3
+    steps: int = count_field(300)
+    eval_every: int = count_field(50)
+    patience: int = count_field(3, low=0)
     probe_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     """Learning-rate grid of the probes on frozen features."""
     encoder_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     """Learning-rate grid of the arms that train an encoder (fine-tuning: the encoder runs at a tenth)."""
-    batch_size: int = 8
-    window: int = 20480
+    batch_size: int = batch_size_field()
+    window: int = window_field()
     features: str = "context"
     """CPC layer the frozen probes read: context, encoder, or both (concatenated)."""
-    hidden: int = 512
-    dropout: float = 0.2
-    val_fraction: float = 0.15
+    hidden: int = bounded(512, 1, MAX_WIDTH)
+    dropout: float = bounded(0.2, 0.0, 0.99)
+    val_fraction: float = bounded(0.15, 0.0, 1.0)
     max_val_seconds: float | None = 20.0
     """Seconds of each validation recording scored for selection and the threshold (None: all)."""
     max_eval_seconds: float | None = None
     """Seconds of each test recording scored (None: all)."""
-    threads: int | None = None
+    threads: int | None = bounded(None, 1, 4096)
 
     MACHINE_KEYS = ("threads", "out", "data")
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise JTMError(f"unknown study setting(s): {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    def from_dict(cls, d: dict[str, Any], source: str | Path = "study.json") -> "StudyConfig":
+        """Strictly, as :func:`jtm.configs.load_config` (JSON lists become the tuples)."""
+        return load_config(cls, d, str(source))
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -115,14 +119,12 @@ class StudyConfig:
         for f in self.fractions:
             if not 0.0 < float(f) <= 1.0:
                 raise JTMError(f"label fractions must lie in (0, 1], got {f}")
-        if self.seeds < 1 or self.steps < 1 or self.eval_every < 1 or self.patience < 0:
-            raise JTMError("--seeds, --steps and --eval-every must be at least 1, --patience at least 0")
         if not self.probe_lrs or not self.encoder_lrs or min(self.probe_lrs + self.encoder_lrs) <= 0:
             raise JTMError("learning-rate grids must be non-empty and positive")
         if self.features not in ("context", "encoder", "both"):
             raise JTMError(f"--features must be context, encoder or both, not {self.features!r}")
-        if self.window % 160 or self.window < 320:
-            raise JTMError(f"--window ({self.window}) must be a multiple of 160 samples, at least 320")
+        if self.window % HOP:
+            raise JTMError(f"--window ({self.window}) must be a multiple of {HOP} samples")
 
     def cells(self) -> list[tuple[str, str, float]]:
         """(task, method, fraction) of every cell, in the order they run."""

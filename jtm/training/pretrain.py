@@ -10,10 +10,8 @@ Outputs of a run folder ``RUN``:
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,61 +29,9 @@ from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder, CPCLoss, sample_negatives
 from jtm.training.callbacks import ResumableLoader, SetEpoch
 from jtm.training.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
+from jtm.training.config import PretrainConfig  # torch-free, so the CLI reads its defaults
 from jtm.training.runs import refuse_changed_config
 from jtm.workers import is_first_process
-
-
-@dataclass
-class PretrainConfig:
-    """Everything a pretraining run depends on; saved as ``RUN/run.json``."""
-
-    data: str
-    out: str
-    model: CPCConfig = field(default_factory=CPCConfig)
-    window: int = 20480
-    batch_size: int = 8
-    epochs: int = 10
-    lr: float = 2e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    schedule_step: int = 0
-    """Halve the learning rate every this many epochs (0: never)."""
-    ramp_epochs: int = 0
-    """Linear warm-up of the learning rate over this many epochs (0: none)."""
-    sampling: str = "samesequence"
-    """Where a batch's windows, hence the negatives, come from. One recording per batch (CPC_audio's samesequence)
-    by default: negatives from other pieces can be told apart by timbre alone, same-piece ones need finer features."""
-    labels_by: str | None = None
-    max_memory_gb: float | None = None
-    val_fraction: float = 0.1
-    random_offset: bool = True
-    seed: int = 0
-    precision: str = "32-true"
-    accelerator: str = "cpu"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    checkpoint_every_n_steps: int | None = None
-    limit_train_batches: int | float | None = None
-    log_every_n_steps: int = 10
-    threads: int | None = None
-    progress: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
-        d = dict(d)
-        d["model"] = CPCConfig.from_dict(d.get("model", {}))
-        return cls(**d)
-
-    # Settings that may change between a run and its resumption without changing what is trained.
-    RESUMABLE_CHANGES = ("epochs", "progress", "threads", "devices", "num_nodes", "strategy", "accelerator",
-                         "limit_train_batches", "log_every_n_steps", "checkpoint_every_n_steps", "data")
 
 
 class CPCPretrainModule(pl.LightningModule):
