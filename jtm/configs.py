@@ -25,18 +25,18 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from jtm.audio import HOP
+from jtm.audio import HOP, SAMPLE_RATE
 from jtm.errors import JTMError
 
 DEFAULT_WINDOW = 20480
-"""Training window in samples at 16 kHz (1.28 s, 128 frames of 10 ms): the default of every command that windows."""
+"""Training window in samples at 16 kHz (1.28 s, 128 frames of 10 ms): the default of every config that windows."""
 DEFAULT_BATCH_SIZE = 8
 """Windows per batch: the default of every command that trains."""
 MAX_WIDTH = 4096
 """The widest layer a configuration may declare (CPC_audio uses 256-512, wav2vec 2.0 large 1024)."""
 MAX_OUTPUTS = 16384
 """The most outputs a probe may declare (pitch-instrument has 11 x 128 = 1408)."""
-MAX_WINDOW = 60 * 16000
+MAX_WINDOW = 60 * SAMPLE_RATE
 """The longest training window (60 s at 16 kHz)."""
 MAX_STEPS = 10**8
 """More optimiser steps, epochs or batches than any run on this toolkit's scale could take."""

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from jtm.audio import SAMPLE_RATE
 from jtm.configs import MAX_WIDTH, ConfigError, bounded, check_bounds, load_config
 
 ENCODERS = ("conv", "sinc", "gabor")
@@ -43,7 +44,7 @@ class CPCConfig:
     temperature: float = 0.1                         # of the cosine score
     reverse: bool = False                            # CPC_audio's reverse mode: the context reads time backwards,
                                                      # predicts the past
-    sample_rate: int = bounded(16000, 1000, 192000)  # the rate the encoder expects (160x downsampling: 100 frames/s)
+    sample_rate: int = bounded(SAMPLE_RATE, 1000, 192000)  # the rate the encoder expects (hop 160: 100 frames/s)
     sinc_kernel: int = bounded(251, 1, 16001)        # SincNet filter length in samples (odd)
     gabor_filters: int = bounded(192, 2, 1024)       # Gabor filters, log-spaced over ~30 Hz - 7.5 kHz (192: 24 per
                                                      # octave)

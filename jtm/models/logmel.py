@@ -20,19 +20,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from jtm.audio import HOP, SAMPLE_RATE
 from jtm.configs import bounded, check_bounds, load_config
-
-HOP = 160
-"""Samples per frame at 16 kHz (10 ms): the stride of every jtm front end."""
 
 
 @dataclass
 class LogMelConfig:
     """Settings of :class:`LogMel`; saved inside a downstream model's ``config.json``."""
 
-    sample_rate: int = bounded(16000, 1000, 192000)
+    sample_rate: int = bounded(SAMPLE_RATE, 1000, 192000)
     n_fft: int = bounded(1024, 16, 16384)
-    hop: int = bounded(HOP, 1, 16000)
+    hop: int = bounded(HOP, 1, SAMPLE_RATE)
     n_mels: int = bounded(128, 1, 512)
     f_min: float = 30.0
     f_max: float | None = None
