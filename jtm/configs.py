@@ -84,7 +84,12 @@ def check_bounds(config: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{type(config).__name__}.{f.name} must be a number, got {value!r}")
         if not (math.isfinite(value) and low <= value <= high):
-            raise ConfigError(f"{type(config).__name__}.{f.name} must lie in [{low:g}, {high:g}], got {value!r}")
+            raise ConfigError(f"{type(config).__name__}.{f.name} must lie in [{_number(low)}, {_number(high)}], "
+                              f"got {value!r}")
+
+
+def _number(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def field_default(cls: type, name: str) -> Any:

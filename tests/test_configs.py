@@ -191,6 +191,30 @@ def test_the_commands_refuse_a_hostile_config_json_with_one_clear_line(tmp_path:
         assert "Traceback" not in err and not list(tmp_path.glob("midi/*")) and not list(tmp_path.glob("npy/*"))
 
 
+def test_a_hostile_config_in_an_encoder_files_metadata_is_refused(tmp_path: Path, forbid_building) -> None:
+    """The original command line's single-file checkpoints keep the config in the safetensors metadata."""
+    import torch
+    from safetensors.torch import save_file
+
+    from jtm.models.downstream import ENCODER_FILE_FORMAT, load_encoder_file
+
+    path = tmp_path / "checkpoint3.pt"
+    config = {**CPCConfig().to_dict(), "negatives": 10**12}
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"format": ENCODER_FILE_FORMAT, "version": "1",
+                                                         "config": json.dumps(config)})
+    forbid_building()
+    with pytest.raises(ModelFileError, match=f"^{re.escape(str(path))} \\(metadata 'config'\\): CPCConfig.negatives"):
+        load_encoder_file(path)
+
+
+def test_an_option_out_of_its_fields_bounds_is_a_usage_error(tmp_path: Path) -> None:
+    code, _, err = run_cli(["pretrain", "--data", tmp_path, "--out", tmp_path / "run", "--encoder-dim", "100000"])
+    assert code == 2 and "CPCConfig.encoder_dim must lie in [1, 4096], got 100000" in err
+    code, _, err = run_cli(["study", "--data", tmp_path, "--out", tmp_path / "study", "--steps", "0"])
+    assert code == 2 and "StudyConfig.steps must lie in [1, 100000000], got 0" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "study").exists()
+
+
 # ------------------------------------------------------------------------------- command-line defaults
 
 
