@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jtm-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test faults bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# Kill at any moment: >= 10 seeded SIGKILLs of each of data synth, data prepare, pretrain, downstream, study and
+# demo, each followed by a re-run compared with an uninterrupted run (slow; JTM_FAULT_KILLS=N for fewer kills).
+faults: $(STAMP)
+	$(PY) -m pytest -q -s -p no:cacheprovider tests/fault_injection.py $(ARGS)
 
 bench: $(STAMP)
 	bash benchmarks/run_all.sh

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -180,6 +181,27 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+_TEMPORARY_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+"""What :func:`atomic_path` names its temporaries: ``.<target name>.<8 random characters>.tmp``."""
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporaries that killed writers left anywhere under ``folder``; return how many.
+
+    Only safe while holding the folder's lock: then no live jtm process is writing one of them.
+    """
+    removed = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if _TEMPORARY_NAME.fullmatch(name):
+                try:
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
 _HELD_LOCKS: dict[str, int] = {}
 """Folders whose lock this process holds, with how many nested :func:`folder_lock` blocks hold each."""
 
@@ -220,7 +242,7 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     """Hold ``FOLDER/.jtm.lock`` for the block, so that one command at a time writes into ``folder``.
 
     A second command (another process) is refused at once with :class:`FolderLockedError` naming the
-    folder and the holder's pid. The lock is an ``flock``: the kernel releases it when the holder exits,
+    folder and the holder's pid. Once locked, the temporaries of a killed earlier writer are removed. The lock is an ``flock``: the kernel releases it when the holder exits,
     even on SIGKILL, so a dead process never blocks the folder (a stale file is reused). Nested blocks
     of the same process on the same folder are allowed. Yields the folder.
     """
@@ -242,6 +264,7 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
         raise
     _HELD_LOCKS[key] = 1
     try:
+        remove_stale_temporaries(folder)
         try:  # who holds the lock, for the refusal message of a second command
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n{' '.join(sys.argv)}\n".encode("utf-8", "replace"))

@@ -206,20 +206,26 @@ def test_data_prepare_on_a_full_disk_stops_clearly_and_succeeds_after_freeing(sm
     assert not list(small_disk.rglob("*.tmp"))
 
 
+def tiny_pretrain(store: Path, out: Path, epochs: int) -> PretrainConfig:
+    from jtm.models.config import CPCConfig
+
+    return PretrainConfig(data=str(store), out=str(out), window=2560, batch_size=8, epochs=epochs, threads=1, lr=2e-3,
+                          limit_train_batches=3, progress=False,
+                          model=CPCConfig(encoder_dim=32, context_dim=32, negatives=8, predict_steps=4, norm="batch"))
+
+
 def test_pretrain_on_a_full_disk_stops_clearly_keeps_checkpoints_and_resumes(store: Path, small_disk: Path) -> None:
     run = small_disk / "run"
-    cmd = [*JTM, "pretrain", "--data", str(store), "--out", str(run), *TINY, "--epochs"]
-    first = subprocess.run([*cmd, "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert first.returncode == 0, first.stderr[-2000:]
+    run_pretrain(tiny_pretrain(store, run, epochs=1))
     filler = fill(small_disk)
-    failed = subprocess.run([*cmd, "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    failed = subprocess.run([*JTM, "pretrain", "--data", str(store), "--out", str(run), *TINY, "--epochs", "2",
+                             "--limit-train-batches", "3"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert failed.returncode == 1, failed.stderr[-2000:]
     assert "the disk is full" in failed.stderr and str(run) in failed.stderr
     assert "Traceback" not in failed.stderr
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 0  # the previous state is intact
     filler.unlink()
-    again = subprocess.run([*cmd, "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert again.returncode == 0, again.stderr[-2000:]
+    run_pretrain(tiny_pretrain(store, run, epochs=2))
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1
     assert not list(small_disk.rglob("*.tmp"))
 
@@ -379,11 +385,34 @@ def read_only_folder(tmp_path: Path):
 
 
 def test_a_read_only_output_folder_is_a_clear_error(tmp_path: Path, read_only_folder: Path, store: Path) -> None:
+    from jtm.errors import JTMError
+
     make_musicnet_folder(tmp_path / "src", n_train=2, n_test=1, seconds=2.0)
-    for cmd in ([*JTM, "data", "prepare", str(tmp_path / "src"), str(read_only_folder), "--workers", "1"],
-                [*JTM, "data", "prepare", str(tmp_path / "src"), str(read_only_folder / "store"), "--workers", "1"],
-                [*JTM, "pretrain", "--data", str(store), "--out", str(read_only_folder / "run"), *TINY, "--epochs", "1"]):
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
-        assert done.returncode == 1, done.stderr[-2000:]
-        assert f"{read_only_folder}" in done.stderr and "cannot write into this folder" in done.stderr, done.stderr
-        assert "Traceback" not in done.stderr
+    done = subprocess.run([*JTM, "data", "prepare", str(tmp_path / "src"), str(read_only_folder), "--workers", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"{read_only_folder}: cannot write into this folder" in done.stderr and "Traceback" not in done.stderr
+    unwritable = f"{read_only_folder}.*: cannot write into this folder"
+    with pytest.raises(JTMError, match=unwritable):
+        prepare_store(tmp_path / "src", read_only_folder / "store", workers=1, progress=False)
+    with pytest.raises(JTMError, match=unwritable):
+        run_pretrain(tiny_pretrain(store, read_only_folder / "run", epochs=1))
+    with pytest.raises(JTMError, match=unwritable):
+        save_npy_atomic(read_only_folder / "x.npy", np.zeros(3))
+
+
+# ------------------------------------------------------------------------------------------- kill at any moment
+def test_data_prepare_killed_at_random_moments_reruns_to_the_same_store(tmp_path: Path) -> None:
+    """Two seeded kills (the full run: ``make faults``, tests/fault_injection.py)."""
+    from tests.fault_injection import inject, prepare_scenario
+
+    make_musicnet_folder(tmp_path / "src", n_train=8, n_test=1, seconds=3.0)
+    result = inject(prepare_scenario(tmp_path / "src"), tmp_path / "runs", kills=2, seed=1)
+    assert result["kills"] == 2
+
+
+def test_pretrain_killed_at_random_moments_resumes_to_the_same_encoder(store: Path, tmp_path: Path) -> None:
+    from tests.fault_injection import inject, pretrain_scenario
+
+    result = inject(pretrain_scenario(store, epochs=1), tmp_path, kills=2, seed=1)
+    assert result["kills"] == 2

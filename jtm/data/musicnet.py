@@ -65,7 +65,7 @@ def report(error: DataError, on_error: str, skipped: Skipped | None) -> None:
 
 # ----------------------------------------------------------------------------------------------- labels
 MAX_CSV_BYTES = 64 * 2**20
-"""Largest label or metadata CSV read (about 1.5 million notes; MusicNet's largest label file is under 1 MB)."""
+"""Largest label or metadata CSV read: about 1.5 million notes at ~45 bytes a row, far beyond any real recording."""
 
 
 def _read_csv_as_text(path: Path) -> pd.DataFrame:
