@@ -32,6 +32,8 @@ DEFAULT_WINDOW = 20480
 """Training window in samples at 16 kHz (1.28 s, 128 frames of 10 ms): the default of every config that windows."""
 DEFAULT_BATCH_SIZE = 8
 """Windows per batch: the default of every command that trains."""
+MAX_BATCH_SIZE = 4096
+"""The most windows (or chunks) one batch may hold."""
 MAX_WIDTH = 4096
 """The widest layer a configuration may declare (CPC_audio uses 256-512, wav2vec 2.0 large 1024)."""
 MAX_OUTPUTS = 16384
@@ -64,7 +66,7 @@ def window_field() -> Any:
 
 def batch_size_field() -> Any:
     """Windows per batch, :data:`DEFAULT_BATCH_SIZE` by default."""
-    return bounded(DEFAULT_BATCH_SIZE, 1, 4096)
+    return bounded(DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE)
 
 
 def count_field(default: int | None, low: int = 1) -> Any:

@@ -191,6 +191,16 @@ def test_the_commands_refuse_a_hostile_config_json_with_one_clear_line(tmp_path:
         assert "Traceback" not in err and not list(tmp_path.glob("midi/*")) and not list(tmp_path.glob("npy/*"))
 
 
+def test_transcribe_ignores_a_run_json_claiming_a_huge_window(tmp_path: Path) -> None:
+    """The run.json beside a model only hints how to chunk; a window of 10^9 frames is not allocated."""
+    audio = write_tone(tmp_path / "a.wav", 1.0, 16_000)
+    run = make_downstream_run(tmp_path / "run")
+    rewrite_json(run / "run.json", lambda d: d.update(window=160 * 10**9, batch_size=10**9))
+    code, out, err = run_cli(["transcribe", audio, "--model", run, "--out", tmp_path / "midi"])
+    assert code == 0, err
+    assert "chunks of 10 s with 1 s of context" in out and (tmp_path / "midi" / "a.mid").is_file()
+
+
 def test_a_hostile_config_in_an_encoder_files_metadata_is_refused(tmp_path: Path, forbid_building) -> None:
     """The original command line's single-file checkpoints keep the config in the safetensors metadata."""
     import torch

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from jtm.audio import FRAME_RATE, HOP
+from jtm.configs import MAX_BATCH_SIZE, MAX_WINDOW
 
 FramesFn = Callable[[Tensor], Tensor]
 """A frame model: wave float32 (B, T) on the CPU -> outputs (B, T // HOP, D) (any device and float dtype)."""
@@ -77,14 +78,17 @@ class Chunking:
     def for_run(cls, run_config: Mapping[str, Any]) -> "Chunking | None":
         """The chunking of a downstream run's evaluation, from its ``run.json`` (keys ``window``,
         ``eval_context_frames``, ``batch_size``; see :meth:`for_window`); None when it records no usable window."""
-        def whole(key: str, least: int) -> int | None:
+        def whole(key: str, least: int, most: int) -> int | None:
             value = run_config.get(key)
-            return value if isinstance(value, int) and not isinstance(value, bool) and value >= least else None
+            # beyond the configs' own bounds (jtm.configs) is a hostile run.json: never allocate what it claims
+            usable = isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
+            return value if usable else None
 
-        window = whole("window", 2 * HOP)
+        window = whole("window", 2 * HOP, MAX_WINDOW)
         if window is None:
             return None
-        return cls.for_window(window, whole("eval_context_frames", 0), whole("batch_size", 1) or 8)
+        return cls.for_window(window, whole("eval_context_frames", 0, MAX_WINDOW // HOP),
+                              whole("batch_size", 1, MAX_BATCH_SIZE) or 8)
 
     @classmethod
     def in_seconds(cls, chunk_seconds: float, context_seconds: float, batch_size: int = 1,
