@@ -172,13 +172,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-naive", action="store_true")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--window", type=int, default=20480)
+    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the square matmuls timed for the peak")
     parser.add_argument("--precision", choices=("32", "bf16"), default="32")
     parser.add_argument("--malloc", choices=("default", "retain"), default="default",
                         help="retain: jtm.allocator.retain_freed_memory() before the model is built")
     args = parser.parse_args(argv)
     if args.config:
-        print(json.dumps(run(args.config, args.steps, args.warmup, naive=not args.no_naive,
-                             precision=args.precision, malloc=args.malloc)), flush=True)
+        print(json.dumps(run(args.config, args.steps, args.warmup, batch=args.batch, window=args.window,
+                             naive=not args.no_naive, matmul_size=args.matmul_size, precision=args.precision,
+                             malloc=args.malloc)), flush=True)
         return
     for name in ("default", "demo", "conv-gru-256"):
         cmd = [sys.executable, __file__, "--config", name, "--steps", str(args.steps), "--warmup", str(args.warmup),

@@ -41,21 +41,24 @@ def settings() -> dict[str, tuple[dict[str, str], list[str]]]:
     return out
 
 
-def one_run(config: str, env: dict[str, str], flags: list[str], steps: int) -> dict:
+def one_run(config: str, env: dict[str, str], flags: list[str], steps: int, extra: list[str]) -> dict:
     cmd = [sys.executable, str(Path(__file__).with_name("cpc_step.py")), "--config", config, "--steps", str(steps),
-           "--no-naive", *flags]
+           "--no-naive", *flags, *extra]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **env}).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run(configs: list[str], rounds: int = 3, steps: int = 6) -> list[dict]:
-    """Interleave every setting of every config ``rounds`` times; summarise each (config, setting)."""
+def run(configs: list[str], rounds: int = 3, steps: int = 6, extra: list[str] = ()) -> list[dict]:
+    """Interleave every setting of every config ``rounds`` times; summarise each (config, setting).
+
+    ``extra``: more cpc_step flags for every run (the tests shrink ``--batch``, ``--window``, ``--matmul-size``).
+    """
     table = settings()
     runs: dict[tuple[str, str], list[dict]] = {}
     for _ in range(rounds):
         for config in configs:
             for name, (env, flags) in table.items():
-                runs.setdefault((config, name), []).append(one_run(config, env, flags, steps))
+                runs.setdefault((config, name), []).append(one_run(config, env, flags, steps, list(extra)))
     results = []
     for (config, name), rs in runs.items():
         results.append({

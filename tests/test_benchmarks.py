@@ -64,3 +64,23 @@ def test_transcribe_tiny(tmp_path: Path, threshold):
     assert r["audio_seconds"] == pytest.approx(3.0, abs=0.02) and r["x_real_time"] > 0
     assert r["rtf"] == pytest.approx(1 / r["x_real_time"], rel=0.05)
     assert r["threads"] == 1 and r["chunk_seconds"] > 0 and r["batch_size"] >= 1  # the run.json's chunking was read
+
+
+def test_pretrain_e2e_tiny(tmp_path: Path):
+    """The end-to-end figures come from a real `jtm pretrain` run and add up."""
+    from benchmarks import pretrain_e2e
+
+    store = pretrain_e2e.make_store(tmp_path, minutes=0.5)
+    r = pretrain_e2e.run("tiny", store, epochs=1, steps=2, isolated_steps=1)
+    assert r["steps"] == 2 and r["fit_s"] >= r["step_s_in_run"] > 0
+    assert r["outside_step_s"] == pytest.approx(r["fit_s"] - r["step_s_in_run"], abs=0.02)
+    assert r["e2e_windows_per_s"] > 0 and r["isolated_windows_per_s"] > 0 and r["e2e_over_isolated"] > 0
+
+
+def test_step_settings_tiny():
+    from benchmarks import step_settings
+
+    results = step_settings.run(["tiny"], rounds=1, steps=1,
+                                extra=["--warmup", "0", "--batch", "2", "--window", "3200", "--matmul-size", "64"])
+    names = {r["setting"] for r in results}
+    assert {"glibc", "glibc-retain"} <= names and all(r["ms_step"] > 0 for r in results)

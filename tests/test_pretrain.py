@@ -63,6 +63,12 @@ def test_pretrain_learns_exports_and_reloads(synth_store: Path, tmp_path: Path) 
     for k in range(1, 5):
         for name in (f"train/loss_k{k}_epoch", f"train/acc_k{k}_epoch", f"val/loss_k{k}", f"val/acc_k{k}"):
             assert log[name].notna().sum() == 4, name
+    # metrics.json says where the wall time went: every optimiser step timed, the rest counted as outside.
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["time/steps"] == log["train/loss_step"].notna().sum() > 0
+    assert 0 < saved["time/step_seconds"] < saved["time/fit_seconds"]
+    assert saved["time/outside_step_seconds"] == pytest.approx(saved["time/fit_seconds"] - saved["time/step_seconds"], abs=2e-3)
+    assert saved["time/windows_per_second"] == pytest.approx(8 * saved["time/steps"] / saved["time/fit_seconds"], rel=0.01)
 
     encoder = CPCEncoder.from_pretrained(run / "encoder")
     wave = torch.randn(1, 3200)

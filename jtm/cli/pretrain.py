@@ -89,7 +89,8 @@ def pretrain(
                                                   "the loader cycles through groups of tracks that fit."),
     val_fraction: float = typer.Option(_run("val_fraction"), help="Fraction of training recordings held out for "
                                        "validation."),
-    precision: str = typer.Option(_run("precision"), help="Lightning precision: 32-true or bf16-mixed."),
+    precision: str = typer.Option(_run("precision"), help="Lightning precision: 32-true, bf16-mixed, or auto "
+                                  "(bf16-mixed on a CPU with avx512_bf16 or AMX, else 32-true)."),
     accelerator: str = typer.Option(_run("accelerator"), help="Lightning accelerator (cpu, gpu, auto)."),
     devices: str = typer.Option(_run("devices"), help="Devices per node (a number, or 'auto')."),
     num_nodes: int = typer.Option(_run("num_nodes"), help="Nodes (with torchrun or SLURM)."),

@@ -278,7 +278,9 @@ def pretrain_config(cfg: DemoConfig, store: Path, out: Path):
     return PretrainConfig(data=str(store), out=str(out), model=model, window=cfg.window, batch_size=cfg.batch_size,
                           epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, seed=cfg.seed,
                           limit_train_batches=cfg.pretrain_limit_batches, threads=cfg.threads, progress=True,
-                          log_every_n_steps=5)
+                          log_every_n_steps=5,
+                          # fp32 everywhere, so the README's table reproduces on CPUs with and without bf16
+                          precision="32-true")
 
 
 def study_config(cfg: DemoConfig, store: Path, pretrain: Path, out: Path):

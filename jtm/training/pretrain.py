@@ -10,7 +10,6 @@ Outputs of a run folder ``RUN``:
 """
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from jtm.allocator import retain_freed_memory
 from jtm.data.store import Store
 from jtm.data.windows import WindowBatches, split_tracks
 from jtm.errors import JTMError
 from jtm.fileio import disk_full_errors, folder_lock, load_json, write_json_atomic
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder, CPCLoss, sample_negatives
-from jtm.training.callbacks import ResumableLoader, SetEpoch
+from jtm.hardware import usable_cpus
+from jtm.training.callbacks import ResumableLoader, SetEpoch, StepTimer
 from jtm.training.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
-from jtm.training.config import PretrainConfig  # torch-free, so the CLI reads its defaults
+from jtm.training.config import PretrainConfig, resolve_precision  # torch-free, so the CLI reads its defaults
 from jtm.training.runs import refuse_changed_config
 from jtm.workers import is_first_process
 
@@ -195,14 +196,16 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 def _run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     _check_run_folder(cfg)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or usable_cpus())
+    retain_freed_memory()  # a step re-uses the last step's pages instead of faulting them in (jtm.allocator)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = PretrainData(cfg)
     module = CPCPretrainModule(cfg.model.to_dict(), cfg.lr, cfg.beta1, cfg.beta2, cfg.eps,
                                cfg.schedule_step, cfg.ramp_epochs, cfg.seed)
     ckpt_dir = out / "checkpoints"
+    timer = StepTimer()
     callbacks: list[pl.Callback] = [
-        SetEpoch(),
+        SetEpoch(), timer,
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                         every_n_epochs=1, save_top_k=-1, save_last=True),
     ]
@@ -212,7 +215,7 @@ def _run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                                          save_top_k=1, save_last=False, enable_version_counter=False))
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy, precision=cfg.precision, callbacks=callbacks,
+        strategy=cfg.strategy, precision=resolve_precision(cfg.precision, cfg.accelerator), callbacks=callbacks,
         # A new CSV version per start: Lightning's CSV logger would delete an existing metrics.csv on resume.
         logger=[TensorBoardLogger(out / "logs", name="tensorboard", version=""), CSVLogger(out / "logs", name="csv")],
         plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.log_every_n_steps, num_sanity_val_steps=0,
@@ -232,6 +235,7 @@ def _run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             print(f"{out}: already trained for {cfg.epochs} epochs; nothing to do")
         return load_json(out / "metrics.json")
+    metrics.update(timer.summary())
     if trainer.is_global_zero:
         module.encoder.save_pretrained(out / "encoder")
         write_json_atomic(out / "metrics.json", metrics)

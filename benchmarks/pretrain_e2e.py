@@ -1,0 +1,118 @@
+"""What `jtm pretrain` achieves end to end, against the isolated training step; one JSON line per configuration.
+
+    .venv/bin/python benchmarks/pretrain_e2e.py                       # demo and default configs, 4-min synth store
+    .venv/bin/python benchmarks/pretrain_e2e.py --config demo --epochs 3 --store STORE
+
+Each configuration runs the real command (``jtm pretrain`` in a subprocess, so imports, loader, logging,
+validation and checkpoints are all in) for ``--epochs`` whole epochs (optionally capped at ``--steps`` batches
+each), then the isolated step of ``benchmarks/cpc_step.py`` on the same model, with the allocator setting and
+precision that ``jtm pretrain`` uses (glibc-retain; bf16 where the CPU has it), in its own subprocess. Reported:
+
+- ``e2e_windows_per_s``: windows trained per wall second of ``trainer.fit`` (the run's own ``time/`` figures in
+  ``metrics.json``, from :class:`jtm.training.callbacks.StepTimer`);
+- ``step_windows_per_s_in_run``: the same windows over the time spent inside the steps;
+- ``outside_step_s`` and ``outside_step_fraction``: loader, logging, validation and checkpoints;
+- ``command_s``: the whole command, start-up (imports) included;
+- ``isolated_windows_per_s`` and ``e2e_over_isolated`` (target: at least 0.9);
+- ``peak_rss_mb`` of the pretraining process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jtm.training.config import resolve_precision
+
+JTM = [sys.executable, "-m", "jtm.cli"]
+
+# Model flags of `jtm pretrain` for each configuration of benchmarks/cpc_step.py, plus the run's optimiser settings.
+PRETRAIN_FLAGS = {
+    "demo": ["--encoder", "gabor", "--encoder-dim", "128", "--context", "gru", "--context-dim", "128",
+             "--norm", "batch", "--score", "cosine", "--lr", "2e-3"],
+    "default": ["--encoder", "sinc", "--encoder-dim", "512", "--context", "transformer", "--context-dim", "512"],
+    "tiny": ["--encoder", "conv", "--encoder-dim", "16", "--context", "gru", "--context-dim", "16",
+             "--predict-steps", "3", "--negatives", "8"],
+}
+
+
+def make_store(workdir: Path, minutes: float) -> Path:
+    """A synth corpus of ``minutes`` of audio, prepared as a store (the demo's data, smaller)."""
+    from jtm.data.prepare import prepare_store
+    from jtm.data.synth import build_corpus
+
+    build_corpus(workdir / "corpus", minutes=minutes, max_seconds=30, test_fraction=0.15, seed=0, progress=False)
+    prepare_store(workdir / "corpus", workdir / "store", progress=False)
+    return workdir / "store"
+
+
+def run_command(config: str, store: Path, out: Path, epochs: int, steps: int | None, batch: int,
+                window: int) -> dict:
+    """Run `jtm pretrain` for ``epochs`` epochs (of at most ``steps`` batches); return its time figures and RSS."""
+    cmd = [*JTM, "pretrain", "--data", str(store), "--out", str(out), *PRETRAIN_FLAGS[config],
+           "--epochs", str(epochs), "--batch-size", str(batch), "--window", str(window), "--no-progress"]
+    if steps:
+        cmd += ["--limit-train-batches", str(steps)]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    command_s = time.perf_counter() - start
+    metrics = json.loads((out / "metrics.json").read_text())
+    fit, inside = metrics["time/fit_seconds"], metrics["time/step_seconds"]
+    return {
+        "steps": int(metrics["time/steps"]), "command_s": round(command_s, 2), "fit_s": fit,
+        "step_s_in_run": inside, "outside_step_s": round(fit - inside, 2),
+        "outside_step_fraction": round((fit - inside) / fit, 3),
+        "e2e_windows_per_s": metrics["time/windows_per_second"],
+        "step_windows_per_s_in_run": metrics["time/step_windows_per_second"],
+        # children's ru_maxrss is the largest of any finished child: the pretraining run (cpc_step runs after)
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
+
+
+def run_isolated(config: str, batch: int, window: int, steps: int, precision: str) -> dict:
+    """benchmarks/cpc_step.py on the same model, in a fresh process (so its RSS does not mix with the run's)."""
+    cmd = [sys.executable, str(Path(__file__).with_name("cpc_step.py")), "--config", config, "--steps", str(steps),
+           "--no-naive", "--malloc", "retain", "--precision", "bf16" if precision == "bf16-mixed" else "32"]
+    line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(line)
+
+
+def run(config: str, store: Path, epochs: int = 2, steps: int | None = None, batch: int = 8, window: int = 20480,
+        isolated_steps: int = 10) -> dict:
+    """One configuration: the command end to end, then the isolated step; the ratio of their rates."""
+    precision = resolve_precision("auto", "cpu")
+    with tempfile.TemporaryDirectory(prefix="jtm-e2e-") as tmp:
+        e2e = run_command(config, store, Path(tmp) / "run", epochs, steps, batch, window)
+    isolated = run_isolated(config, batch, window, isolated_steps, precision)
+    result = {"config": config, "batch": batch, "window": window, "epochs": epochs, "precision": precision, **e2e}
+    result["isolated_windows_per_s"] = isolated["windows_per_s"]
+    result["e2e_over_isolated"] = round(e2e["e2e_windows_per_s"] / isolated["windows_per_s"], 3)
+    result["in_run_step_over_isolated"] = round(e2e["step_windows_per_s_in_run"] / isolated["windows_per_s"], 3)
+    result["isolated_mfu"] = isolated["mfu"]
+    result["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(PRETRAIN_FLAGS), action="append",
+                        help="repeatable; default: demo and default")
+    parser.add_argument("--store", help="a prepared store (default: a fresh synth store of --minutes)")
+    parser.add_argument("--minutes", type=float, default=4.0)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps", type=int, help="cap on training batches per epoch (default: whole epochs)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="jtm-e2e-store-") as tmp:
+        store = Path(args.store) if args.store else make_store(Path(tmp), args.minutes)
+        for config in args.config or ["demo", "default"]:
+            print(json.dumps(run(config, store, args.epochs, args.steps)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
