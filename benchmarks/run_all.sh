@@ -9,7 +9,7 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 OUT=benchmarks/results
 mkdir -p "$OUT"
 start=$(date +%s)
-for name in cpc_step data_pipeline transcribe feature_cache; do
+for name in cpc_step data_pipeline transcribe feature_cache step_settings pretrain_e2e; do
     t0=$(date +%s)
     tmp="$OUT/.$name.json.$$.tmp"
     echo "== $name (load average: $(cut -d' ' -f1-3 /proc/loadavg))" >&2

@@ -1,6 +1,6 @@
 """The CPC step under each allocator and precision, interleaved in one run; one JSON line per (config, setting).
 
-    .venv/bin/python benchmarks/step_settings.py                      # default and demo configs, 3 rounds
+    .venv/bin/python benchmarks/step_settings.py                      # default and demo configs, 2 rounds
     .venv/bin/python benchmarks/step_settings.py --config demo --rounds 5 --steps 6
 
 Settings: ``glibc`` (malloc as the system ships it), ``glibc-retain`` (jtm.allocator.retain_freed_memory, what
@@ -48,7 +48,7 @@ def one_run(config: str, env: dict[str, str], flags: list[str], steps: int, extr
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run(configs: list[str], rounds: int = 3, steps: int = 6, extra: list[str] = ()) -> list[dict]:
+def run(configs: list[str], rounds: int = 2, steps: int = 5, extra: list[str] = ()) -> list[dict]:
     """Interleave every setting of every config ``rounds`` times; summarise each (config, setting).
 
     ``extra``: more cpc_step flags for every run (the tests shrink ``--batch``, ``--window``, ``--matmul-size``).
@@ -83,8 +83,8 @@ def run(configs: list[str], rounds: int = 3, steps: int = 6, extra: list[str] = 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", help="a cpc_step configuration (repeatable); default: default, demo")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)
     for r in run(args.config or ["default", "demo"], args.rounds, args.steps):
         print(json.dumps(r), flush=True)
