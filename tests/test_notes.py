@@ -136,7 +136,9 @@ def test_notes_to_rolls_to_notes_round_trip() -> None:
     table, expected = _synthetic_notes()
     frame, onset = track_piano_roll(table, 100), track_onset_roll(table, 100)
     assert onset.sum() == len(expected) and onset[30, 60] and onset[10, 60] and not onset[11:30, 60].any()
-    for onsets, frames in ((onset, frame), (onset.astype(np.float32), frame.astype(np.float32)),
+    wide = track_onset_roll(table, 100, width=3)  # the training targets: each note's first 3 frames
+    assert wide[10:13, 60].all() and not wide[13, 60] and wide[12, 72] and not wide[13, 72]  # a 1-frame note: 1
+    for onsets, frames in ((onset, frame), (onset.astype(np.float32), frame.astype(np.float32)), (wide, frame),
                            (notes_to_onset_roll(expected, 100), notes_to_roll(expected, 100))):
         got = decode_notes(onsets, frames, 0.5, 0.5)
         np.testing.assert_allclose(got.onset, expected.onset)

@@ -247,21 +247,29 @@ def batch_pitch_instrument_roll(
 # ------------------------------------------------------------------------------------------- onset labels
 
 
-def onset_roll(notes: Notes, start: int, n_frames: int) -> np.ndarray:
-    """Note starts of one window: bool (n_frames, 128), True at the frame holding each note's first sample.
+def onset_roll(notes: Notes, start: int, n_frames: int, width: int = 1) -> np.ndarray:
+    """Note starts of one window: bool (n_frames, 128), True at the frame holding each note's first sample and,
+    with ``width`` > 1, at the next ``width - 1`` frames the note still sounds in.
 
-    Only notes that start inside the window mark a frame (a note already sounding at the window's start has
-    no onset there). Exact, one frame per note: no tolerance is added here; the note metric's +-50 ms and the
-    decoder (which starts a note at the first frame of a run of confident onset frames) absorb timing jitter.
+    Only notes that start inside the window mark frames (a note already sounding at the window's start has no
+    onset there). ``width = 1`` is the exact onset; a wider target is a timing tolerance for training (front ends
+    with 64-128 ms analysis windows smear an onset over several 10 ms frames); the decoder starts a note at the
+    first frame of a run of onset frames, so both decode to the same notes.
     """
     start, n_frames = int(start), int(n_frames)
-    frame = np.floor_divide(notes.start.astype(np.int64) - start, HOP)
-    inside = (frame >= 0) & (frame < n_frames)
+    if width < 1:
+        raise ValueError(f"width must be >= 1 frame, got {width}")
+    first = np.floor_divide(notes.start.astype(np.int64) - start, HOP)
+    pitch = notes.pitch.astype(np.int64)
     roll = np.zeros((n_frames, N_PITCHES), dtype=bool)
-    roll[frame[inside], notes.pitch[inside].astype(np.int64)] = True
+    for k in range(width):
+        frame = first + k
+        # the frame must still overlap the note: frame start (start + 160 frame) before the note's end
+        keep = (first >= 0) & (frame < n_frames) & (start + frame * HOP < notes.end.astype(np.int64))
+        roll[frame[keep], pitch[keep]] = True
     return roll
 
 
-def track_onset_roll(notes: Notes, n_frames: int) -> np.ndarray:
+def track_onset_roll(notes: Notes, n_frames: int, width: int = 1) -> np.ndarray:
     """Whole-track onset roll from sample 0: bool (n_frames, 128) (see :func:`onset_roll`)."""
-    return onset_roll(notes, 0, n_frames)
+    return onset_roll(notes, 0, n_frames, width)

@@ -233,7 +233,7 @@ def note_prf(ref_notes: NoteList, est_notes: NoteList, onset_tolerance: float = 
     return {"precision": float(p), "recall": float(r), "f1": float(f)}
 
 
-ONSET_THRESHOLDS = np.round(np.linspace(0.1, 0.9, 9), 6)
+ONSET_THRESHOLDS = np.round(np.r_[0.05, np.linspace(0.1, 0.9, 9), 0.95], 6)
 """Onset thresholds tried by :func:`tune_onset_threshold`."""
 
 

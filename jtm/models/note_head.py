@@ -3,8 +3,9 @@ temporal context over frames, on top of any frame features (CPC context or encod
 
 ``NoteHead.forward(x (B, T, D)) -> NoteLogits(onset (B, T, P), frame (B, T, P))``, P = 128 pitches.
 
-- A shared per-frame linear projection D -> ``hidden`` (so a standardisation of the inputs folds into one
-  layer, see :meth:`NoteHead.fold_standardisation`).
+- A shared per-frame linear projection D -> ``hidden``, with no nonlinearity after it: while the context
+  networks' residual branches are small, the head is a (rank ``hidden``) linear probe, which a few hundred steps
+  already train well; a standardisation of the inputs folds into this layer (:meth:`NoteHead.fold_standardisation`).
 - Two branches, each a temporal context network over frames: ``conv`` (``layers`` residual 1-D convolutions of
   width ``kernel``, non-causal: frame t sees ``layers * (kernel - 1) / 2`` frames on each side) or ``gru`` (one
   bidirectional GRU layer, the whole window on both sides).
@@ -102,7 +103,7 @@ class NoteHead(nn.Module):
         """x (B, T, in_dim) -> NoteLogits(onset (B, T, n_pitches), frame (B, T, n_pitches))."""
         if x.dim() != 3 or x.shape[-1] != self.config["in_dim"]:
             raise ValueError(f"expected features (B, T, {self.config['in_dim']}), got shape {tuple(x.shape)}")
-        h = torch.relu(self.input(x))
+        h = self.input(x)
         onset = self.onset_out(self.onset_context(h))
         frame_in = torch.cat([self.frame_context(h), torch.sigmoid(onset).detach()], dim=-1)
         return NoteLogits(onset, self.frame_out(frame_in))

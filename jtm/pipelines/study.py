@@ -66,7 +66,8 @@ from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import is_frame_task, load_frontend_source
 from jtm.models.logmel import LogMel
 from jtm.models.note_head import NoteHead
-from jtm.pipelines.arms import NOTE_HEAD, EndToEnd, FrozenNoteHead, FrozenProbe, TaskView, frame_limit
+from jtm.pipelines.arms import (NOTE_HEAD, ONSET_MAX_POS_WEIGHT, ONSET_WIDTH, EndToEnd, FrozenNoteHead, FrozenProbe,
+                                TaskView, frame_limit)
 from jtm.pipelines.evaluate import (FRAME_RATE, MIN_NOTE_FRAMES, _concat_notes, _reference_notes, headline_metric,
                                     json_safe, score_classification, score_frames, track_labels)
 from jtm.pipelines.features import FeatureCache
@@ -251,7 +252,7 @@ def _pooled(store: Store, tracks: np.ndarray, outputs: list[Any]) -> dict[str, A
         refs.append((offset / FRAME_RATE, _reference_notes(store, int(t), n)))
         gap = np.zeros((GAP_FRAMES, frame.shape[1]), dtype=np.float32)
         parts["truth"] += [frame_roll(store, int(t), "transcription", n), gap.astype(bool)]
-        parts["onset_truth"] += [track_onset_roll(store.notes(int(t)), n), gap.astype(bool)]
+        parts["onset_truth"] += [track_onset_roll(store.notes(int(t)), n, ONSET_WIDTH), gap.astype(bool)]
         parts["frame"] += [frame, gap]
         parts["onset"] += [onset, gap]
         offset += n + GAP_FRAMES
@@ -455,7 +456,7 @@ def _cell_result(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, f
     """The cell's result: reused when finished with the same configuration, else computed and saved."""
     config = cfg.cell_config(task, method, fraction, repeat)
     if METHODS[method].probe == "note":
-        config["note_head"] = dict(NOTE_HEAD)
+        config["note_head"] = {**NOTE_HEAD, "onset_width": ONSET_WIDTH, "onset_max_pos_weight": ONSET_MAX_POS_WEIGHT}
     path = cell / "cell.json"
     if path.is_file():
         saved = load_json(path)
