@@ -37,13 +37,12 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from jtm.audio import HOP, SAMPLE_RATE as STORE_RATE
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS, N_PITCHES
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 LABEL_RATE = 44_100
-STORE_RATE = 16_000
-HOP = 160
 REFERENCE_TRAIN_WINDOWS_PER_S = 4.0
 """Windows/s a training step consumes at the default config (SincNet 512 + transformer, batch 8) on 2 cores,
 used when benchmarks/results/cpc_step.json does not exist."""

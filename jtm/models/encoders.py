@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DOWNSAMPLING = 160
-"""Samples per output frame: the product of the strides 5 * 4 * 2 * 2 * 2."""
+from jtm.audio import HOP
+
+DOWNSAMPLING = HOP
+"""Samples per output frame, jtm's frame hop: the product of the conv stack's strides 5 * 4 * 2 * 2 * 2."""
 
 # CPC_audio's encoder: (kernel, stride, padding) per layer; the paddings make T = 160 F give exactly F frames.
 CONV_LAYERS = ((10, 5, 3), (8, 4, 2), (4, 2, 1), (4, 2, 1), (4, 2, 1))
