@@ -86,3 +86,41 @@ def test_subsets_stay_nested_for_one_subset_seed(subset_seed: int) -> None:
         assert set(small.train) <= set(large.train) and len(small.train) < len(large.train)
         np.testing.assert_array_equal(small.val, large.val)
     np.testing.assert_array_equal(splits[-1].train, splits[-1].train_pool)
+
+
+def test_groups_keep_a_works_recordings_on_one_side() -> None:
+    """Two performances of one work are never split between training and validation, or across the subset."""
+    ids = np.arange(40)
+    groups = ids // 2  # works of two recordings each
+    for seed in range(5):
+        s = labelled_splits(ids, [100], fraction=0.3, seed=seed, val_fraction=0.25, groups=groups)
+        assert not set(groups[s.val]) & set(groups[s.train_pool])
+        assert set(np.flatnonzero(np.isin(groups, groups[s.train]))) == set(s.train)  # whole works only
+        assert len(s.val) == 2 * 5 and len(s.train) == 2 * subset_size(15, 0.3)  # fractions count works
+
+
+def test_singleton_groups_draw_exactly_the_ungrouped_splits() -> None:
+    ids = np.array([3, 7, 11, 19, 23, 42, 57, 60, 71, 88])
+    for seed in range(4):
+        assert all(np.array_equal(a, b) for a, b in zip(labelled_splits(ids, [1], 0.5, seed, 0.2),
+                                                        labelled_splits(ids, [1], 0.5, seed, 0.2, groups=ids)))
+
+
+def test_store_work_keys_and_renderings(tmp_path) -> None:
+    """A synth corpus with two timbre renderings per piece: the downstream splits keep each piece together."""
+    from jtm.data.prepare import prepare_store
+    from jtm.data.store import Store
+    from jtm.data.synth import build_corpus
+    from jtm.training.downstream import task_data
+
+    build_corpus(tmp_path / "corpus", minutes=0.6, max_seconds=8, test_fraction=0.2, seed=3, renderings=2,
+                 progress=False)
+    prepare_store(tmp_path / "corpus", tmp_path / "store", workers=1, progress=False)
+    store = Store.open(tmp_path / "store")
+    train = store.indices("train")
+    keys = store.work_keys(train)
+    assert len(np.unique(keys)) * 2 == len(train)  # every piece twice
+    piece = store.tracks["id"].astype(int).to_numpy() % 10_000  # rendering r of piece p has id p + 10000 r
+    for seed in range(3):
+        s = task_data(store, "transcription", 0.5, seed, 0.3).splits
+        assert len(s.val) and not set(piece[s.val]) & set(piece[s.train_pool])

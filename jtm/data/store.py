@@ -175,6 +175,29 @@ class Store:
         names, codes = np.unique(values, return_inverse=True)
         return codes.astype(np.int64).reshape(-1), [str(n) for n in names]
 
+    WORK_COLUMNS = ("composer", "composition", "movement")
+    """Metadata naming a work: recordings that agree on all three (and name them) are one work."""
+
+    def work_keys(self, indices: np.ndarray) -> np.ndarray:
+        """(n,) int64: for each track index, the smallest index of a track of the same work among ``indices``.
+
+        Several performances of one MusicNet movement, or several timbre renderings of one synth piece, get one
+        key (:mod:`jtm.data.subsets` keeps them on one side of every split). A track whose work is not named
+        (a metadata column missing or empty) is its own work.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if not all(c in self.tracks.columns for c in self.WORK_COLUMNS) or len(indices) == 0:
+            return indices.copy()
+        meta = self.tracks.iloc[indices][list(self.WORK_COLUMNS)].astype(str)
+        named = (meta.apply(lambda col: col.str.strip() != "")).all(axis=1).to_numpy()
+        work = meta.agg("\x1f".join, axis=1).to_numpy()
+        keys = indices.copy()
+        first: dict[str, int] = {}
+        for k in np.argsort(indices):
+            if named[k]:
+                keys[k] = first.setdefault(work[k], int(indices[k]))
+        return keys
+
     def summary(self) -> dict[str, Any]:
         """Counts for reports: tracks and minutes per split, composer/ensemble counts when present."""
         split = self.tracks["split"]

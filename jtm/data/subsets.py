@@ -14,6 +14,12 @@ Protocol (what ``jtm downstream --label-fraction F`` does):
 
 The permutation depends only on the *set* of ids and the seed (ids are sorted first), so the order in which
 a caller lists the tracks does not change the subset.
+
+Recordings of one work (several performances of a MusicNet movement, or several timbre renderings of a synth
+piece) share a **group** (``groups``: one int key per id, e.g. :meth:`jtm.data.store.Store.work_keys`). The
+hold-out and the subsets then draw whole groups, so a work is never heard in training and validated on in
+another performance. Without groups, or when every group holds one recording, the draws are exactly the
+ungrouped ones.
 """
 from __future__ import annotations
 
@@ -41,6 +47,21 @@ def _permutation(ids: np.ndarray, seed: int, salt: int) -> np.ndarray:
     return unique[rng.permutation(len(unique))]
 
 
+def _group_keys(ids: np.ndarray, groups: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    """One int64 key per id (the id itself when ungrouped); shape (n,)."""
+    if groups is None:
+        return ids
+    keys = np.asarray(groups, dtype=np.int64)
+    if keys.shape != ids.shape:
+        raise ValueError(f"groups must give one key per track id: {keys.shape} keys for {ids.shape} ids")
+    return keys
+
+
+def _members(ids: np.ndarray, keys: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """The sorted unique ids whose group key is among ``chosen``."""
+    return np.unique(ids[np.isin(keys, chosen)])
+
+
 def subset_size(n: int, fraction: float) -> int:
     """How many of ``n`` recordings a label fraction keeps: ``ceil(fraction * n)``, at least 1 (0 if n == 0)."""
     fraction = _check_fraction(fraction)
@@ -50,30 +71,37 @@ def subset_size(n: int, fraction: float) -> int:
     return int(min(n, max(1, math.ceil(fraction * n - 1e-9))))
 
 
-def label_subset(track_ids: Sequence[int] | np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+def label_subset(track_ids: Sequence[int] | np.ndarray, fraction: float, seed: int = 0,
+                 groups: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """The labelled recordings kept at ``fraction``: a sorted int64 array, a subset of ``track_ids``.
 
     Same ids + same seed give the same subset; for one seed, a smaller fraction's subset is contained in a
-    larger one's (both are prefixes of one seeded permutation).
+    larger one's (both are prefixes of one seeded permutation). With ``groups``, ``fraction`` counts groups
+    and whole groups are kept.
     """
-    perm = _permutation(np.asarray(track_ids, dtype=np.int64), seed, _SUBSET_SALT)
-    return np.sort(perm[: subset_size(len(perm), fraction)])
+    ids = np.asarray(track_ids, dtype=np.int64)
+    keys = _group_keys(ids, groups)
+    perm = _permutation(keys, seed, _SUBSET_SALT)
+    return _members(ids, keys, perm[: subset_size(len(perm), fraction)])
 
 
 def holdout_split(
-    track_ids: Sequence[int] | np.ndarray, val_fraction: float, seed: int = 0
+    track_ids: Sequence[int] | np.ndarray, val_fraction: float, seed: int = 0,
+    groups: Sequence[int] | np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split recordings into (train, validation), both sorted int64 arrays.
 
-    The validation set holds ``round(val_fraction * n)`` recordings, at least one when there are two or more
-    recordings and ``val_fraction > 0``, and never all of them (training needs at least one).
+    The validation set holds ``round(val_fraction * n)`` recordings (groups, with ``groups``), at least one
+    when there are two or more and ``val_fraction > 0``, and never all of them (training needs at least one).
     """
-    perm = _permutation(np.asarray(track_ids, dtype=np.int64), seed, _HOLDOUT_SALT)
+    ids = np.asarray(track_ids, dtype=np.int64)
+    keys = _group_keys(ids, groups)
+    perm = _permutation(keys, seed, _HOLDOUT_SALT)
     n = len(perm)
     if val_fraction <= 0 or n < 2:
-        return np.sort(perm), np.zeros(0, dtype=np.int64)
+        return np.unique(ids), np.zeros(0, dtype=np.int64)
     n_val = int(min(n - 1, max(1, round(float(val_fraction) * n))))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    return _members(ids, keys, perm[n_val:]), _members(ids, keys, perm[:n_val])
 
 
 class LabelledSplits(NamedTuple):
@@ -96,14 +124,21 @@ def labelled_splits(
     seed: int = 0,
     val_fraction: float = 0.1,
     subset_seed: int | None = None,
+    groups: Sequence[int] | np.ndarray | None = None,
 ) -> LabelledSplits:
     """Carve validation out of ``train_ids`` first, then keep ``fraction`` of the remaining recordings.
 
     The hold-out depends on ``seed`` and ``val_fraction`` only, never on ``fraction``, so all fractions of a
     label-efficiency study share their validation and test recordings. ``subset_seed`` (default ``seed``)
     draws the label subset alone: a study's repeats each get their own subset of the same pool, validated
-    and tested on the same recordings.
+    and tested on the same recordings. ``groups`` (one key per training id) keeps each work's recordings together.
     """
-    pool, val = holdout_split(train_ids, val_fraction, seed)
-    train = label_subset(pool, fraction, seed if subset_seed is None else subset_seed)
+    ids = np.asarray(train_ids, dtype=np.int64)
+    keys = _group_keys(ids, groups)
+    pool, val = holdout_split(ids, val_fraction, seed, keys)
+    pool_keys = None
+    if groups is not None:
+        order = np.argsort(ids)
+        pool_keys = keys[order][np.searchsorted(ids[order], pool)]
+    train = label_subset(pool, fraction, seed if subset_seed is None else subset_seed, pool_keys)
     return LabelledSplits(train, pool, val, np.sort(np.unique(np.asarray(test_ids, dtype=np.int64))))

@@ -235,17 +235,20 @@ def split_tracks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded hold-out of whole recordings: ``(train_idx, val_idx)``, sorted store indices (int64).
 
-    At least one validation track when the split has two or more; none when it has one.
+    At least one validation work when the split has two or more; none when it has one. Recordings of one work
+    (:meth:`Store.work_keys`) stay on one side; with one recording per work this is a plain per-track draw.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
-    idx = store.indices(split)
-    n = len(idx)
+    idx = np.sort(store.indices(split))
+    keys = store.work_keys(idx)
+    works = np.unique(keys)
+    n = len(works)
     if n < 2 or val_fraction == 0.0:
-        return np.sort(idx), np.zeros(0, dtype=np.int64)
+        return idx, np.zeros(0, dtype=np.int64)
     n_val = min(n - 1, max(1, int(round(val_fraction * n))))
     perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(idx[perm[n_val:]]), np.sort(idx[perm[:n_val]])
+    return idx[np.isin(keys, works[perm[n_val:]])], idx[np.isin(keys, works[perm[:n_val]])]
 
 
 __all__ = ["WindowBatches", "split_tracks"]

@@ -98,7 +98,9 @@ def task_data(store: Store, task: str, label_fraction: float, seed: int, val_fra
     train, test = labelled_tracks(store, task, "train"), labelled_tracks(store, task, "test")
     if len(train) == 0:
         raise JTMError(f"{store.path}: no labelled training recordings for task {task!r}")
-    splits = labelled_splits(train, test, label_fraction, seed, val_fraction, subset_seed)
+    # A work's recordings (performances, timbre renderings) stay together: never trained on and validated on.
+    splits = labelled_splits(train, test, label_fraction, seed, val_fraction, subset_seed,
+                             groups=store.work_keys(train))
     if is_frame_task(task):
         return TaskData(splits)
     everything = np.union1d(train, test)
