@@ -124,3 +124,8 @@ def test_store_work_keys_and_renderings(tmp_path) -> None:
     for seed in range(3):
         s = task_data(store, "transcription", 0.5, seed, 0.3).splits
         assert len(s.val) and not set(piece[s.val]) & set(piece[s.train_pool])
+    # The held-out-timbre recordings reach the store through the metadata: test pieces only, one each.
+    test = store.indices("test")
+    heldout = store.heldout_timbre(store.indices())
+    assert heldout.any() and not heldout[train].any()
+    assert sorted(piece[store.indices()[heldout]]) == sorted(set(piece[test]))

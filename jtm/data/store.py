@@ -15,6 +15,11 @@ from jtm.data.labels import NoteIndex, Notes
 from jtm.data.prepare import CORE_COLUMNS, STORE_FORMAT, STORE_VERSION, read_store_json
 from jtm.errors import DataError
 
+TIMBRE_COLUMN = "timbre"
+"""Metadata column of a synth corpus rendered with several timbres (``jtm data synth --renderings``)."""
+HELDOUT_TIMBRE = "heldout"
+"""Its value for a recording whose timbre no training recording has (the held-out-timbre test set)."""
+
 _NOTE_FIELDS = ("track", "start", "end", "instrument", "pitch")
 
 
@@ -197,6 +202,13 @@ class Store:
             if named[k]:
                 keys[k] = first.setdefault(work[k], int(indices[k]))
         return keys
+
+    def heldout_timbre(self, indices: np.ndarray) -> np.ndarray:
+        """(n,) bool: which of the tracks ``indices`` have a held-out timbre (all False for other corpora)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if TIMBRE_COLUMN not in self.tracks.columns:
+            return np.zeros(len(indices), dtype=bool)
+        return (self.tracks[TIMBRE_COLUMN].to_numpy()[indices] == HELDOUT_TIMBRE).astype(bool)
 
     def summary(self) -> dict[str, Any]:
         """Counts for reports: tracks and minutes per split, composer/ensemble counts when present."""

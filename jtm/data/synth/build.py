@@ -36,6 +36,7 @@ from jtm.data.synth.catalogue import SOURCE, PieceSpec, make_plan, transcriber
 from jtm.data.synth.render import available_programs, check_soundfont, render, write_piece
 from jtm.data.synth.score import SYNTH_RATE, PieceNotes, extract_notes, parse_score
 from jtm.data.synth.timbre import REFERENCE, RENDERED_CLASS, TIMBRE_FILE, Timbre, draw_timbre, timbre_json
+from jtm.data.store import HELDOUT_TIMBRE, TIMBRE_COLUMN
 from jtm.errors import DataError
 from jtm.fileio import write_text_atomic
 
@@ -300,14 +301,20 @@ def _plan_recordings(pieces: list[_Piece], splits: dict[int, str], *, renderings
     return recordings
 
 
-def _metadata_csv(recordings: list[_Recording], fonts: list[Path]) -> str:
+def _metadata_csv(recordings: list[_Recording], fonts: list[Path], timbre_column: bool = False) -> str:
+    """MusicNet's metadata table; with ``timbre_column``, a last column ``timbre``: ``heldout`` for a held-out-timbre
+    recording, else ``rendering<r>``. It travels into the prepared store like any metadata column, which is how
+    the study and the report find the held-out-timbre test recordings."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")  # QUOTE_MINIMAL: titles such as 'Quatre Polonaises, Op. 1' are quoted
-    w.writerow(METADATA_COLUMNS)
+    w.writerow(METADATA_COLUMNS + ((TIMBRE_COLUMN,) if timbre_column else ()))
     for rec in sorted(recordings, key=lambda r: r.id):
         s = rec.piece.spec
-        w.writerow((rec.id, s.composer, s.composition, s.movement, s.ensemble, SOURCE,
-                    transcriber(fonts[rec.timbre.soundfont].stem), s.catalog_name, int(round(rec.piece.seconds))))
+        row = (rec.id, s.composer, s.composition, s.movement, s.ensemble, SOURCE,
+               transcriber(fonts[rec.timbre.soundfont].stem), s.catalog_name, int(round(rec.piece.seconds)))
+        if timbre_column:
+            row += (HELDOUT_TIMBRE if rec.timbre.heldout else f"rendering{rec.rendering}",)
+        w.writerow(row)
     return buf.getvalue()
 
 
@@ -386,9 +393,10 @@ def build_corpus(out: Path, *, minutes: float = 20.0, max_seconds: float = 60.0,
                                       n_train_fonts=len(fonts), available=available)
         _render_all(pool, recordings, out, all_fonts, seed=seed, max_seconds=max_seconds, progress=progress)
 
-    if _varies_timbre(fonts, renderings, heldout):
+    varies = _varies_timbre(fonts, renderings, heldout)
+    if varies:
         write_text_atomic(out / TIMBRE_FILE, _timbre_sidecar(recordings, all_fonts, len(fonts)))
-    write_text_atomic(out / "musicnet_metadata.csv", _metadata_csv(recordings, all_fonts))
+    write_text_atomic(out / "musicnet_metadata.csv", _metadata_csv(recordings, all_fonts, timbre_column=varies))
     counts_e = Counter(p.spec.ensemble for p in pieces)
     counts_c = Counter(p.spec.composer for p in pieces)
     n_test = sum(1 for s in splits.values() if s == "test")
