@@ -186,3 +186,23 @@ def test_note_f1_with_and_without_offsets() -> None:
     est = make_notes([0.03, 1.0], [0.5, 1.2], [60, 62])  # onsets right, the second offset far off
     assert note_prf(ref, est)["f1"] == 1.0
     assert note_prf(ref, est, offset_ratio=0.2)["f1"] == pytest.approx(0.5)
+
+
+def test_note_thresholds_come_from_onset_f1_then_offset_f1() -> None:
+    """Onsets at 0.8 (true) and 0.3 (spurious); frames at 0.6 while a note sounds and 0.4 in its release tail:
+    the onset threshold must drop the spurious onsets and the frame threshold must cut the tails."""
+    from jtm.evaluation.metrics import tune_note_thresholds
+
+    rng = np.random.default_rng(0)
+    onset = np.zeros((3000, 128), np.float32)
+    frame = np.zeros((3000, 128), np.float32)
+    starts = np.arange(20, 2900, 60)
+    pitches = rng.integers(40, 80, len(starts))
+    for s, p in zip(starts, pitches):
+        onset[s, p] = 0.8
+        frame[s:s + 20, p] = 0.6
+        frame[s + 20:s + 40, p] = 0.4  # a release tail: the note has ended
+        onset[s + 30, (p + 7) % 128] = 0.3  # a spurious onset elsewhere
+    ref = make_notes(starts / 100, (starts + 20) / 100, pitches)
+    onset_threshold, frame_threshold = tune_note_thresholds(ref, onset, frame)
+    assert 0.3 < onset_threshold <= 0.8 and 0.4 < frame_threshold <= 0.6

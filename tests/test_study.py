@@ -481,7 +481,7 @@ def note_study(prepared_store, tmp_path_factory: pytest.TempPathFactory) -> Note
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(study_mod, "_score_notes", score_notes)
         mp.setattr(study_mod, "tune_threshold", watch(study_mod.tune_threshold))
-        mp.setattr(study_mod, "tune_onset_threshold", watch(study_mod.tune_onset_threshold))
+        mp.setattr(study_mod, "tune_note_thresholds", watch(study_mod.tune_note_thresholds))
         df = instrumented_run(cfg, probe)
     return NoteStudy(store, cfg, Path(cfg.out), df, probe, late)
 
@@ -508,7 +508,7 @@ def test_the_notes_task_writes_frame_and_note_scores(note_study: NoteStudy) -> N
             assert row[f"{metric}_ci95_low"] <= row[f"{metric}_mean"] <= row[f"{metric}_ci95_high"]
     cell = note_study.out / "notes" / "cpc-note" / "f1.0" / "seed0"
     result = json.loads((cell / "cell.json").read_text())["result"]
-    assert 0 < result["onset_threshold"] < 1 and 0 < result["threshold"] < 1
+    assert 0 < result["onset_threshold"] < 1 and 0 < result["threshold"] < 1 and 0 < result["sustain_threshold"] < 1
     assert result["metrics"]["decoding"] == "onsets" and result["lrs_tried"].keys() == {f"{lr:g}" for lr in LRS}
     assert (note_study.out / "label_efficiency_notes.png").is_file()
 
@@ -518,8 +518,8 @@ def test_note_selection_and_thresholds_never_read_a_test_recording(note_study: N
     assert note_study.probe.before_scoring and all(not touched & test for touched in
                                                    note_study.probe.before_scoring.values())
     assert all(test <= seen for seen in note_study.probe.during_scoring.values())
-    # every frame threshold (2 arms x 2 seeds) and onset threshold (the note head's 2 seeds) of the notes task
-    # was tuned before its cell read a test recording
+    # every frame threshold (2 arms x 2 seeds) and decoding thresholds (the note head's 2 seeds) of the notes
+    # task were tuned before its cell read a test recording
     assert len(note_study.tuned_after_test_read) == 3 * SEEDS and not any(note_study.tuned_after_test_read)
 
 

@@ -234,20 +234,29 @@ def note_prf(ref_notes: NoteList, est_notes: NoteList, onset_tolerance: float = 
 
 
 ONSET_THRESHOLDS = np.round(np.r_[0.05, np.linspace(0.1, 0.9, 9), 0.95], 6)
-"""Onset thresholds tried by :func:`tune_onset_threshold`."""
+"""Onset thresholds tried by :func:`tune_note_thresholds`."""
 
 
-def tune_onset_threshold(ref_notes: NoteList, onset: np.ndarray, frame: np.ndarray, frame_threshold: float,
-                         candidates: Sequence[float] | np.ndarray = ONSET_THRESHOLDS,
-                         frame_rate: float = 100.0) -> float:
-    """The candidate onset threshold whose decoded notes (:func:`decode_notes`) have the highest note-onset F1
-    (mir_eval, 50 ms) against ``ref_notes``; ties -> the lowest threshold. ``onset``/``frame`` (N, P) are
-    probabilities of validation recordings (never test), concatenated in the time frame of ``ref_notes``."""
-    cand = np.asarray(candidates, dtype=np.float64)
-    if cand.size == 0:
+def tune_note_thresholds(ref_notes: NoteList, onset: np.ndarray, frame: np.ndarray,
+                         onset_candidates: Sequence[float] | np.ndarray = ONSET_THRESHOLDS,
+                         frame_candidates: Sequence[float] | np.ndarray = DEFAULT_THRESHOLDS,
+                         frame_rate: float = 100.0) -> tuple[float, float]:
+    """The two thresholds of :func:`decode_notes`, ``(onset_threshold, frame_threshold)``, chosen in turn.
+
+    Where notes start depends on the onset threshold alone, so it is the candidate with the highest note-onset
+    F1 (mir_eval, 50 ms); how long they last depends on the frame threshold, the candidate with the highest note
+    F1 with offsets (offset ratio 0.2) at that onset threshold. Ties go to the lowest candidate. ``onset`` and
+    ``frame`` (N, P) are probabilities of validation recordings (never test), in the time frame of ``ref_notes``.
+    """
+    onsets, frames = np.asarray(onset_candidates, np.float64), np.asarray(frame_candidates, np.float64)
+    if onsets.size == 0 or frames.size == 0:
         raise ValueError("no candidate thresholds")
-    f1 = [note_prf(ref_notes, decode_notes(onset, frame, float(c), frame_threshold, frame_rate))["f1"] for c in cand]
-    return float(cand[int(np.argmax(f1))])
+    # any frame threshold: note starts, and so onset-only F1, do not depend on it
+    f1 = [note_prf(ref_notes, decode_notes(onset, frame, float(c), 0.5, frame_rate))["f1"] for c in onsets]
+    best_onset = float(onsets[int(np.argmax(f1))])
+    f1 = [note_prf(ref_notes, decode_notes(onset, frame, best_onset, float(c), frame_rate), offset_ratio=0.2)["f1"]
+          for c in frames]
+    return best_onset, float(frames[int(np.argmax(f1))])
 
 
 def transcription_metrics(

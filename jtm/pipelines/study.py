@@ -56,7 +56,7 @@ import pandas as pd
 from jtm.data.store import Store
 from jtm.errors import JTMError
 from jtm.data.labels import track_onset_roll
-from jtm.evaluation.metrics import note_task_metrics, ranking_average_precision, tune_onset_threshold, tune_threshold
+from jtm.evaluation.metrics import note_task_metrics, ranking_average_precision, tune_note_thresholds, tune_threshold
 from jtm.evaluation.notes import NoteList, decode_notes, roll_to_notes
 from jtm.evaluation.plots import plot_label_efficiency
 from jtm.evaluation.stats import chance_row, summarize_results
@@ -202,10 +202,11 @@ def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Pa
                 tried: dict[str, float], val_truth: list[np.ndarray], task: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     test = view.data.splits.test
-    threshold = onset_threshold = None
+    threshold = onset_threshold = sustain_threshold = None
     if task == NOTE_TASK:
         metrics = _score_notes(cfg, arm, model, view, val_truth)
         threshold, onset_threshold = metrics["threshold"], metrics["onset_threshold"]
+        sustain_threshold = metrics["sustain_threshold"]
     elif view.frame_task:
         outputs = arm.predict(model, test, cfg.max_eval_seconds)
         val_probs = arm.predict(model, view.data.splits.val, cfg.max_val_seconds)
@@ -218,7 +219,7 @@ def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Pa
         metrics = score_classification(view.store, test, view.task, view.data.classes or [], outputs, cell)
     exported = arm.export(model)
     if isinstance(exported, NoteHead):
-        exported.save_pretrained(cell / "model", _note_head_extra(arm, threshold, onset_threshold))
+        exported.save_pretrained(cell / "model", _note_head_extra(arm, onset_threshold, sustain_threshold))
     else:
         exported.threshold = threshold
         exported.save_pretrained(cell / "model")
@@ -230,7 +231,8 @@ def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Pa
             "steps": selected.steps, "curve": selected.curve, "train_seconds": round(selected.seconds, 3),
             "eval_seconds": round(time.perf_counter() - t0, 3), "threshold": threshold,
             "n_train_tracks": int(len(splits.train)), "n_val": int(len(splits.val)), "n_test": int(len(test)),
-            "metrics": metrics, **({"onset_threshold": onset_threshold} if task == NOTE_TASK else {})}
+            "metrics": metrics, **({"onset_threshold": onset_threshold, "sustain_threshold": sustain_threshold}
+                                   if task == NOTE_TASK else {})}
 
 
 NOTE_METRICS = ("frame_f1", "note_f1", "note_offset_f1", "frame_ap", "onset_ap")
@@ -263,36 +265,37 @@ def _pooled(store: Store, tracks: np.ndarray, outputs: list[Any]) -> dict[str, A
 
 def _decode(pooled: dict[str, Any], frame_threshold: float, onset_threshold: float | None) -> NoteList:
     """Notes from onsets (a note head) or from frames alone (a frame-wise probe, as ``jtm evaluate`` does)."""
-    if pooled["onset"] is None:
+    if onset_threshold is None:
         return roll_to_notes(pooled["frame"], frame_threshold, FRAME_RATE, min_frames=MIN_NOTE_FRAMES)
     return decode_notes(pooled["onset"], pooled["frame"], float(onset_threshold), frame_threshold, FRAME_RATE)
 
 
 def _score_notes(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, val_truth: list[np.ndarray]
                  ) -> dict[str, Any]:
-    """The notes task's scores on the test recordings. Both thresholds come from the validation recordings:
-    the frame threshold by frame F1, the onset threshold (note heads) by note-onset F1 at that frame threshold.
-    The test recordings are predicted only once both are fixed."""
+    """The notes task's scores on the test recordings. Every threshold comes from the validation recordings: the
+    frame threshold of the frame metrics (and of frame-wise decoding) by frame F1; a note head's two decoding
+    thresholds by :func:`tune_note_thresholds` (onsets by note-onset F1, sustain by note F1 with offsets). The
+    test recordings are predicted only once all are fixed."""
     store, val = view.store, view.data.splits.val
     val_out = arm.predict(model, val, cfg.max_val_seconds)
     val_pooled = _pooled(store, val, val_out)
     frame_truth = np.concatenate([t[:, :128] for t in val_truth])
     val_frames = np.concatenate([o[1] if isinstance(o, tuple) else o for o in val_out])
-    frame_threshold = tune_threshold(frame_truth, val_frames)
+    frame_threshold = sustain_threshold = tune_threshold(frame_truth, val_frames)
     onset_threshold = None
     if val_pooled["onset"] is not None:
-        onset_threshold = tune_onset_threshold(val_pooled["ref"], val_pooled["onset"], val_pooled["frame"],
-                                               frame_threshold, frame_rate=FRAME_RATE)
+        onset_threshold, sustain_threshold = tune_note_thresholds(val_pooled["ref"], val_pooled["onset"],
+                                                                  val_pooled["frame"], frame_rate=FRAME_RATE)
     test = _pooled(store, view.data.splits.test, arm.predict(model, view.data.splits.test, cfg.max_eval_seconds))
-    est = _decode(test, frame_threshold, onset_threshold)
+    est = _decode(test, sustain_threshold, onset_threshold)
     metrics: dict[str, Any] = note_task_metrics(test["truth"], test["frame"], frame_threshold, test["ref"], est,
                                                 test["onset_truth"], test["onset"], FRAME_RATE)
-    metrics.update(threshold=frame_threshold, onset_threshold=onset_threshold,
+    metrics.update(threshold=frame_threshold, onset_threshold=onset_threshold, sustain_threshold=sustain_threshold,
                    decoding="onsets" if onset_threshold is not None else "frames")
     return metrics
 
 
-def _note_head_extra(arm: FrozenNoteHead, frame_threshold: float | None, onset_threshold: float | None
+def _note_head_extra(arm: FrozenNoteHead, onset_threshold: float | None, frame_threshold: float | None
                      ) -> dict[str, Any]:
     """What ``model/config.json`` of a note head records besides its architecture: the task, the decoding
     thresholds chosen on validation, and the front end whose raw features it reads."""
@@ -456,7 +459,8 @@ def _cell_result(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, f
     """The cell's result: reused when finished with the same configuration, else computed and saved."""
     config = cfg.cell_config(task, method, fraction, repeat)
     if METHODS[method].probe == "note":
-        config["note_head"] = {**NOTE_HEAD, "onset_width": ONSET_WIDTH, "onset_max_pos_weight": ONSET_MAX_POS_WEIGHT}
+        config["note_head"] = {**NOTE_HEAD, "onset_width": ONSET_WIDTH, "onset_max_pos_weight": ONSET_MAX_POS_WEIGHT,
+                               "decoding": "onset threshold by note F1, frame threshold by note F1 with offsets"}
     path = cell / "cell.json"
     if path.is_file():
         saved = load_json(path)
