@@ -416,3 +416,21 @@ def test_pretrain_killed_at_random_moments_resumes_to_the_same_encoder(store: Pa
 
     result = inject(pretrain_scenario(store, epochs=1), tmp_path, kills=2, seed=1)
     assert result["kills"] == 2
+
+
+def test_an_up_to_date_store_in_a_read_only_folder_is_reported_up_to_date(tmp_path: Path) -> None:
+    make_musicnet_folder(tmp_path / "src", n_train=2, n_test=1, seconds=2.0)
+    prepare_store(tmp_path / "src", tmp_path / "store", workers=1, progress=False)
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    view = tmp_path / "read_only_store"
+    view.mkdir()
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path / "store"), str(view)]).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], check=False)
+        with pytest.raises(OSError):
+            (view / "probe").write_text("x")
+        assert prepare_store(tmp_path / "src", view, workers=1, progress=False).up_to_date
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)

@@ -47,7 +47,7 @@ from jtm.data.musicnet import (
     report,
 )
 from jtm.errors import DataError
-from jtm.fileio import atomic_path, folder_lock, load_npy, save_npy_atomic, write_json_atomic
+from jtm.fileio import atomic_path, folder_lock, load_npy, regular_file_problem, save_npy_atomic, write_json_atomic
 from jtm.workers import die_with_parent
 
 STORE_FORMAT = "jtm-store"
@@ -175,8 +175,11 @@ def _fingerprint(src: Path, store: Path, settings: dict[str, Any]) -> str:
 
 def read_store_json(store: str | Path) -> dict[str, Any] | None:
     """The parsed ``store.json`` of a folder, or None when it is missing or unreadable."""
+    path = Path(store) / "store.json"
+    if regular_file_problem(path) is not None:  # missing, or a FIFO that would block the read
+        return None
     try:
-        return json.loads((Path(store) / "store.json").read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -326,14 +329,6 @@ def prepare_store(
     src, store = Path(src), Path(store)
     if not src.is_dir():
         raise DataError(src, "source folder not found")
-    # One writer per store: a second prepare into it is refused while this one runs.
-    with folder_lock(store):
-        return _prepare_locked(src, store, t0, workers=workers, on_error=on_error, progress=progress,
-                               shard_mb=shard_mb, min_seconds=min_seconds)
-
-
-def _prepare_locked(src: Path, store: Path, t0: float, *, workers: int | None, on_error: OnError, progress: bool,
-                    shard_mb: float, min_seconds: float) -> PrepareSummary:
     settings = {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,
@@ -343,19 +338,37 @@ def _prepare_locked(src: Path, store: Path, t0: float, *, workers: int | None, o
         "shard_mb": float(shard_mb),
     }
     fingerprint = _fingerprint(src, store, settings)
+    # Checked before locking, so that an up-to-date store in a read-only folder is still reported as such.
+    done = _up_to_date(store, fingerprint, t0)
+    if done is not None:
+        return done
+    # One writer per store: a second prepare into it is refused while this one runs.
+    with folder_lock(store):
+        return _build_store(src, store, t0, settings, fingerprint, workers=workers, on_error=on_error,
+                            progress=progress, shard_mb=shard_mb, min_seconds=min_seconds)
+
+
+def _up_to_date(store: Path, fingerprint: str, t0: float) -> PrepareSummary | None:
+    """The summary of a complete store built from the same sources and settings, else None."""
     old = read_store_json(store)
-    if old is not None and old.get("complete") is True and old.get("fingerprint") == fingerprint:
-        print(f"{store}: up to date")
-        return PrepareSummary(
-            n_tracks=int(old.get("n_tracks", 0)),
-            n_skipped=int(old.get("n_skipped", 0)),
-            skipped=[tuple(s) for s in old.get("skipped", [])],
-            seconds_of_audio=float(old.get("seconds_of_audio", 0.0)),
-            seconds_elapsed=time.perf_counter() - t0,
-            throughput=0.0,
-            up_to_date=True,
-            store=str(store),
-        )
+    if old is None or old.get("complete") is not True or old.get("fingerprint") != fingerprint:
+        return None
+    print(f"{store}: up to date")
+    return PrepareSummary(
+        n_tracks=int(old.get("n_tracks", 0)),
+        n_skipped=int(old.get("n_skipped", 0)),
+        skipped=[tuple(s) for s in old.get("skipped", [])],
+        seconds_of_audio=float(old.get("seconds_of_audio", 0.0)),
+        seconds_elapsed=time.perf_counter() - t0,
+        throughput=0.0,
+        up_to_date=True,
+        store=str(store),
+    )
+
+
+def _build_store(src: Path, store: Path, t0: float, settings: dict[str, Any], fingerprint: str, *,
+                 workers: int | None, on_error: OnError, progress: bool, shard_mb: float,
+                 min_seconds: float) -> PrepareSummary:
     # From here on the folder is not a valid store until store.json is written again at the very end.
     store.mkdir(parents=True, exist_ok=True)
     (store / "store.json").unlink(missing_ok=True)
