@@ -33,7 +33,7 @@ class DiskFullError(JTMError):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         super().__init__(f"{self.path}: the disk is full (no space left on device); free some space and run the "
-                         "command again: it continues from the files already written")
+                         "command again (files already completed are kept)")
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickles across process pools with its path
         return (DiskFullError, (self.path,))
@@ -41,6 +41,10 @@ class DiskFullError(JTMError):
 
 class FolderLockedError(JTMError):
     """Another live process is writing into the folder (it holds the folder's lock)."""
+
+
+class FolderNotWritableError(JTMError):
+    """The output folder cannot be written: read-only file system or missing permission."""
 
 
 def _nearly_full(path: str | Path | None) -> bool:
@@ -126,8 +130,8 @@ def _unwritable(error: OSError) -> bool:
     return isinstance(error, PermissionError) or error.errno == errno.EROFS
 
 
-def _not_writable(folder: Path, error: OSError) -> JTMError:
-    return JTMError(f"{folder}: cannot write into this folder ({error.strerror or error}); "
+def _not_writable(folder: Path, error: OSError) -> FolderNotWritableError:
+    return FolderNotWritableError(f"{folder}: cannot write into this folder ({error.strerror or error}); "
                     "check its permissions or choose another output folder")
 
 

@@ -47,7 +47,15 @@ from jtm.data.musicnet import (
     report,
 )
 from jtm.errors import DataError
-from jtm.fileio import atomic_path, folder_lock, load_npy, regular_file_problem, save_npy_atomic, write_json_atomic
+from jtm.fileio import (
+    FolderNotWritableError,
+    atomic_path,
+    folder_lock,
+    load_npy,
+    regular_file_problem,
+    save_npy_atomic,
+    write_json_atomic,
+)
 from jtm.workers import die_with_parent
 
 STORE_FORMAT = "jtm-store"
@@ -338,14 +346,18 @@ def prepare_store(
         "shard_mb": float(shard_mb),
     }
     fingerprint = _fingerprint(src, store, settings)
-    # Checked before locking, so that an up-to-date store in a read-only folder is still reported as such.
-    done = _up_to_date(store, fingerprint, t0)
-    if done is not None:
+    try:
+        # One writer per store: a second prepare into it is refused while this one runs.
+        with folder_lock(store):
+            done = _up_to_date(store, fingerprint, t0)
+            return done or _build_store(src, store, t0, settings, fingerprint, workers=workers, on_error=on_error,
+                                        progress=progress, shard_mb=shard_mb, min_seconds=min_seconds)
+    except FolderNotWritableError:
+        # A store in a read-only folder cannot be locked, but it may well be complete and up to date.
+        done = _up_to_date(store, fingerprint, t0)
+        if done is None:
+            raise
         return done
-    # One writer per store: a second prepare into it is refused while this one runs.
-    with folder_lock(store):
-        return _build_store(src, store, t0, settings, fingerprint, workers=workers, on_error=on_error,
-                            progress=progress, shard_mb=shard_mb, min_seconds=min_seconds)
 
 
 def _up_to_date(store: Path, fingerprint: str, t0: float) -> PrepareSummary | None:
