@@ -560,3 +560,33 @@ def test_note_arms_run_only_on_the_notes_task(tmp_path: Path) -> None:
         run_study(replace(base, tasks=("notes",), methods=("supervised",)))
     with pytest.raises(JTMError, match="no method of this study runs on task"):
         run_study(replace(base, tasks=("transcription",), methods=("logmel-note",)))
+
+
+def test_heldout_timbre_recordings_are_scored_apart(tmp_path: Path) -> None:
+    """Test recordings whose timbre no training recording has are kept out of the test score and scored on their
+    own, with the thresholds validation chose; both land in results.csv and summary.csv."""
+    from jtm.data.prepare import prepare_store
+    from jtm.data.store import HELDOUT_TIMBRE, TIMBRE_COLUMN
+    from tests.helpers import make_musicnet_folder
+
+    make_musicnet_folder(tmp_path / "src", n_train=4, n_test=2, seconds=[4.1, 3.3, 5.2, 4.15, 3.05, 3.4])
+    prepare_store(tmp_path / "src", tmp_path / "store", workers=1, progress=False)
+    tracks = pd.read_csv(tmp_path / "store" / "tracks.csv", dtype=str, keep_default_na=False)
+    tracks[TIMBRE_COLUMN] = "rendering0"
+    tracks.loc[tracks.index[tracks["split"] == "test"][-1], TIMBRE_COLUMN] = HELDOUT_TIMBRE
+    tracks.to_csv(tmp_path / "store" / "tracks.csv", index=False)
+    store = Store.open(tmp_path / "store")
+    heldout_id = tracks.loc[tracks[TIMBRE_COLUMN] == HELDOUT_TIMBRE, "id"].item()
+
+    cfg = config(store, tiny_pretrained(tmp_path / "pre"), tmp_path / "study", methods=("logmel-linear",),
+                 fractions=(1.0,), seeds=1, tasks=("transcription", "notes"))
+    df = run_study(cfg, log=lambda line: None)
+    assert set(df["task"]) == {"transcription", "notes"}
+    assert (df["n_test"] == 1).all() and (df["n_test_heldout_timbre"] == 1).all()
+    assert df["heldout_timbre_headline"].between(0, 1).all()
+    assert not np.allclose(df["heldout_timbre_headline"], df["headline"])  # another recording, another score
+    for cell in (tmp_path / "study").rglob("splits.json"):
+        splits = json.loads(cell.read_text())
+        assert splits["test_heldout_timbre"] == [heldout_id] and heldout_id not in splits["test"]
+    summary = pd.read_csv(tmp_path / "study" / "summary.csv")
+    assert summary.dropna(subset=["heldout_timbre_headline_mean"])["method"].tolist() == ["logmel-linear"] * 2

@@ -201,22 +201,34 @@ def run_cell(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, fract
 def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Path, lr: float, selected: Any,
                 tried: dict[str, float], val_truth: list[np.ndarray], task: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    test = view.data.splits.test
+    # Held-out-timbre recordings (jtm data synth --renderings) are scored apart, with the same thresholds.
+    heldout = view.store.heldout_timbre(view.data.splits.test)
+    test, test_heldout = view.data.splits.test[~heldout], view.data.splits.test[heldout]
     threshold = onset_threshold = sustain_threshold = None
+    metrics_heldout: dict[str, Any] | None = None
     if task == NOTE_TASK:
-        metrics = _score_notes(cfg, arm, model, view, val_truth)
+        metrics, *rest = _score_notes(cfg, arm, model, view, val_truth,
+                                      [test, test_heldout] if len(test_heldout) else [test])
+        metrics_heldout = rest[0] if rest else None
         threshold, onset_threshold = metrics["threshold"], metrics["onset_threshold"]
         sustain_threshold = metrics["sustain_threshold"]
     elif view.frame_task:
-        outputs = arm.predict(model, test, cfg.max_eval_seconds)
         val_probs = arm.predict(model, view.data.splits.val, cfg.max_val_seconds)
         pitch = [_pitch_view(p, view.task) for p in val_probs]
         truth = [_pitch_view(t, view.task) for t in val_truth]
         threshold = tune_threshold(np.concatenate(truth), np.concatenate(pitch))
+        outputs = arm.predict(model, test, cfg.max_eval_seconds)
         metrics = score_frames(view.store, test, view.task, outputs, threshold, cell)
+        if len(test_heldout):
+            outputs = arm.predict(model, test_heldout, cfg.max_eval_seconds)
+            metrics_heldout = score_frames(view.store, test_heldout, view.task, outputs, threshold)
     else:
         outputs = arm.predict(model, test, cfg.max_eval_seconds)
         metrics = score_classification(view.store, test, view.task, view.data.classes or [], outputs, cell)
+        if len(test_heldout):
+            outputs = arm.predict(model, test_heldout, cfg.max_eval_seconds)
+            metrics_heldout = score_classification(view.store, test_heldout, view.task, view.data.classes or [],
+                                                   outputs)
     exported = arm.export(model)
     if isinstance(exported, NoteHead):
         exported.save_pretrained(cell / "model", _note_head_extra(arm, onset_threshold, sustain_threshold))
@@ -225,18 +237,24 @@ def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Pa
         exported.save_pretrained(cell / "model")
     ids = view.store.tracks["id"].astype(str).to_numpy()
     splits = view.data.splits
-    write_json_atomic(cell / "splits.json", {k: ids[getattr(splits, k)].tolist()
-                                             for k in ("train", "train_pool", "val", "test")})
+    lists = {k: ids[getattr(splits, k)].tolist() for k in ("train", "train_pool", "val")}
+    write_json_atomic(cell / "splits.json", {**lists, "test": ids[test].tolist(),
+                                             "test_heldout_timbre": ids[test_heldout].tolist()})
     return {"lr": lr, "lrs_tried": tried, "val_score": selected.val_score, "best_step": selected.best_step,
             "steps": selected.steps, "curve": selected.curve, "train_seconds": round(selected.seconds, 3),
             "eval_seconds": round(time.perf_counter() - t0, 3), "threshold": threshold,
             "n_train_tracks": int(len(splits.train)), "n_val": int(len(splits.val)), "n_test": int(len(test)),
             "metrics": metrics, **({"onset_threshold": onset_threshold, "sustain_threshold": sustain_threshold}
-                                   if task == NOTE_TASK else {})}
+                                   if task == NOTE_TASK else {}),
+            **({"n_test_heldout_timbre": int(len(test_heldout)), "metrics_heldout_timbre": metrics_heldout}
+               if metrics_heldout is not None else {})}
 
 
 NOTE_METRICS = ("frame_f1", "note_f1", "note_offset_f1", "frame_ap", "onset_ap")
 """Scores of the notes task that summary.csv gives a mean and 95 % interval of, besides the headline."""
+
+HELDOUT_HEADLINE = "heldout_timbre_headline"
+"""results.csv column: the headline metric on the held-out-timbre test recordings (when the store has them)."""
 
 GAP_FRAMES = 1000
 """Silent frames laid between recordings when their notes are pooled, so no note matches across recordings."""
@@ -270,12 +288,12 @@ def _decode(pooled: dict[str, Any], frame_threshold: float, onset_threshold: flo
     return decode_notes(pooled["onset"], pooled["frame"], float(onset_threshold), frame_threshold, FRAME_RATE)
 
 
-def _score_notes(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, val_truth: list[np.ndarray]
-                 ) -> dict[str, Any]:
-    """The notes task's scores on the test recordings. Every threshold comes from the validation recordings: the
-    frame threshold of the frame metrics (and of frame-wise decoding) by frame F1; a note head's two decoding
-    thresholds by :func:`tune_note_thresholds` (onsets by note-onset F1, sustain by note F1 with offsets). The
-    test recordings are predicted only once all are fixed."""
+def _score_notes(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, val_truth: list[np.ndarray],
+                 test_sets: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    """The notes task's scores on each set of test recordings in ``test_sets``. Every threshold comes from the
+    validation recordings: the frame threshold of the frame metrics (and of frame-wise decoding) by frame F1; a
+    note head's two decoding thresholds by :func:`tune_note_thresholds` (onsets by note-onset F1, sustain by note
+    F1 with offsets). The test recordings are predicted only once all are fixed."""
     store, val = view.store, view.data.splits.val
     val_out = arm.predict(model, val, cfg.max_val_seconds)
     val_pooled = _pooled(store, val, val_out)
@@ -286,13 +304,17 @@ def _score_notes(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, val_tru
     if val_pooled["onset"] is not None:
         onset_threshold, sustain_threshold = tune_note_thresholds(val_pooled["ref"], val_pooled["onset"],
                                                                   val_pooled["frame"], frame_rate=FRAME_RATE)
-    test = _pooled(store, view.data.splits.test, arm.predict(model, view.data.splits.test, cfg.max_eval_seconds))
-    est = _decode(test, sustain_threshold, onset_threshold)
-    metrics: dict[str, Any] = note_task_metrics(test["truth"], test["frame"], frame_threshold, test["ref"], est,
-                                                test["onset_truth"], test["onset"], FRAME_RATE)
-    metrics.update(threshold=frame_threshold, onset_threshold=onset_threshold, sustain_threshold=sustain_threshold,
-                   decoding="onsets" if onset_threshold is not None else "frames")
-    return metrics
+    scores = []
+    for tracks in test_sets:
+        test = _pooled(store, tracks, arm.predict(model, tracks, cfg.max_eval_seconds))
+        est = _decode(test, sustain_threshold, onset_threshold)
+        metrics: dict[str, Any] = note_task_metrics(test["truth"], test["frame"], frame_threshold, test["ref"], est,
+                                                    test["onset_truth"], test["onset"], FRAME_RATE)
+        metrics.update(threshold=frame_threshold, onset_threshold=onset_threshold,
+                       sustain_threshold=sustain_threshold,
+                       decoding="onsets" if onset_threshold is not None else "frames")
+        scores.append(metrics)
+    return scores
 
 
 def _note_head_extra(arm: FrozenNoteHead, onset_threshold: float | None, frame_threshold: float | None
@@ -347,6 +369,12 @@ def _row(task: str, method: str, fraction: float, repeat: int, cfg: StudyConfig,
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in row:
             row[key] = value
+    heldout = result.get("metrics_heldout_timbre")
+    if heldout:
+        row["n_test_heldout_timbre"] = result.get("n_test_heldout_timbre")
+        row[HELDOUT_HEADLINE] = heldout.get(name)
+        row.update({f"heldout_timbre_{k}": v for k, v in heldout.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
     row["run"] = str(cell)
     return row
 
@@ -394,7 +422,7 @@ def _write_tables(out: Path, cfg: StudyConfig, store: Store, rows: list[dict[str
     df = pd.concat([df, best_cpc_rows(df)], ignore_index=True)
     with atomic_path(out / "results.csv") as tmp:
         df.to_csv(tmp, index=False)
-    extra = NOTE_METRICS if NOTE_TASK in cfg.tasks else ()
+    extra = (NOTE_METRICS if NOTE_TASK in cfg.tasks else ()) + (HELDOUT_HEADLINE,)  # only where the column exists
     summary = pd.concat([summarize_results(df, extra_metrics=extra), pd.DataFrame(_chance_rows(cfg, store))],
                         ignore_index=True)
     with atomic_path(out / "summary.csv") as tmp:
