@@ -247,7 +247,8 @@ def test_kill_data_synth(tmp_path: Path) -> None:
 def test_kill_data_prepare(tmp_path: Path) -> None:
     from tests.helpers import make_musicnet_folder
 
-    make_musicnet_folder(tmp_path / "src", n_train=10, n_test=2, seconds=[3.0 + 0.25 * k for k in range(12)])
+    # About 5 minutes of 44.1 kHz audio: decoding and shard writing, not interpreter start-up, fill most of the run.
+    make_musicnet_folder(tmp_path / "src", n_train=14, n_test=2, seconds=[12.0 + k for k in range(16)])
     report("data prepare", inject(prepare_scenario(tmp_path / "src"), tmp_path / "runs"))
 
 
