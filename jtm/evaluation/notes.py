@@ -15,6 +15,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jtm.audio import FRAME_RATE
+
+MIN_NOTE_FRAMES = 2
+"""Shortest note kept, in frames: frame classifiers emit one-frame blips, which are not notes."""
+
 
 class NoteList(NamedTuple):
     """A set of notes as parallel arrays, all of shape (n_notes,).
@@ -84,8 +89,8 @@ def empty_notes() -> NoteList:
 def roll_to_notes(
     roll: np.ndarray,
     threshold: float = 0.5,
-    frame_rate: float = 100.0,
-    min_frames: int = 2,
+    frame_rate: float = FRAME_RATE,
+    min_frames: int = MIN_NOTE_FRAMES,
     onset_threshold: float | None = None,
     merge_gap: int = 0,
 ) -> NoteList:

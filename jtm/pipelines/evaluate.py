@@ -48,15 +48,13 @@ from jtm.data.store import Store
 from jtm.errors import JTMError
 from jtm.evaluation.metrics import (classification_metrics, frame_average_precision, frame_prf, note_prf,
                                     per_instrument_ap)
-from jtm.evaluation.notes import NoteList, make_notes, roll_to_notes
+from jtm.evaluation.notes import MIN_NOTE_FRAMES, NoteList, make_notes, roll_to_notes
 from jtm.evaluation.plots import plot_confusion, plot_piano_roll
 from jtm.fileio import atomic_path, load_json, write_json_atomic, write_text_atomic
 from jtm.models.downstream import DownstreamModel
 from jtm.models.inference import Chunking
 from jtm.training.downstream import DownstreamConfig, frame_roll, task_data
 
-MIN_NOTE_FRAMES = 2
-"""Estimated notes shorter than this many frames are dropped (one-frame blips are not notes)."""
 _NOTE_GAP_SECONDS = 10.0
 """Silence inserted between recordings when pooling their notes, so no note matches across recordings."""
 
@@ -80,7 +78,7 @@ def split_tracks_of_run(store: Store, cfg: DownstreamConfig, split: str) -> np.n
     return tracks
 
 
-def _reference_notes(store: Store, track: int, n_frames: int) -> NoteList:
+def reference_notes(store: Store, track: int, n_frames: int) -> NoteList:
     """The track's true notes in seconds, clipped to the evaluated frames, duplicates (same onset and pitch on
     several instruments) merged: pitch-level notes, as the transcription metric counts them."""
     notes = store.notes(track)
@@ -99,7 +97,7 @@ def _reference_notes(store: Store, track: int, n_frames: int) -> NoteList:
     return make_notes(start / sr, end / sr, pitch)
 
 
-def _concat_notes(parts: list[tuple[float, NoteList]]) -> NoteList:
+def concat_notes(parts: list[tuple[float, NoteList]]) -> NoteList:
     """Pool note lists shifted by their recording's time offset."""
     if not parts:
         return make_notes([], [], np.zeros(0, dtype=np.int16))
@@ -156,7 +154,7 @@ def score_frames(store: Store, tracks: np.ndarray, task: str, probs: list[np.nda
             truth = truth.reshape(n, N_INSTRUMENTS, -1).any(axis=1)
         truths.append(truth)
         pitch_probs.append(prob)
-        ref_parts.append((offset, _reference_notes(store, int(t), n)))
+        ref_parts.append((offset, reference_notes(store, int(t), n)))
         est_parts.append((offset, roll_to_notes(prob, threshold, FRAME_RATE, min_frames=MIN_NOTE_FRAMES)))
         offset += n / FRAME_RATE + _NOTE_GAP_SECONDS
         per_track.append({"id": ids[t], "seconds": n / FRAME_RATE, "frame_ap": frame_average_precision(truth, prob)})
@@ -165,7 +163,7 @@ def score_frames(store: Store, tracks: np.ndarray, task: str, probs: list[np.nda
             _write_excerpt(run, truth[:m], prob[:m], threshold, ids[t])
     truth, prob = np.concatenate(truths), np.concatenate(pitch_probs)
     frame = frame_prf(truth, prob, threshold, FRAME_RATE)
-    note = note_prf(_concat_notes(ref_parts), _concat_notes(est_parts))
+    note = note_prf(concat_notes(ref_parts), concat_notes(est_parts))
     metrics: dict[str, Any] = {
         "frame_ap": frame_average_precision(truth, prob),
         **{f"frame_{k}": v for k, v in frame.items()},

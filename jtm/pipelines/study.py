@@ -53,11 +53,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from jtm.audio import FRAME_RATE
 from jtm.data.store import Store
 from jtm.errors import JTMError
 from jtm.data.labels import track_onset_roll
 from jtm.evaluation.metrics import note_task_metrics, ranking_average_precision, tune_note_thresholds, tune_threshold
-from jtm.evaluation.notes import NoteList, decode_notes, roll_to_notes
+from jtm.evaluation.notes import MIN_NOTE_FRAMES, NoteList, decode_notes, roll_to_notes
 from jtm.evaluation.plots import plot_label_efficiency
 from jtm.evaluation.stats import chance_row, summarize_results
 from jtm.fileio import atomic_path, folder_lock, load_json, write_json_atomic
@@ -68,8 +69,8 @@ from jtm.models.logmel import LogMel
 from jtm.models.note_head import NoteHead
 from jtm.pipelines.arms import (NOTE_HEAD, ONSET_MAX_POS_WEIGHT, ONSET_WIDTH, EndToEnd, FrozenNoteHead, FrozenProbe,
                                 TaskView, frame_limit)
-from jtm.pipelines.evaluate import (FRAME_RATE, MIN_NOTE_FRAMES, _concat_notes, _reference_notes, headline_metric,
-                                    json_safe, score_classification, score_frames, track_labels)
+from jtm.pipelines.evaluate import (concat_notes, headline_metric, json_safe, reference_notes, score_classification,
+                                    score_frames, track_labels)
 from jtm.pipelines.features import FeatureCache
 from jtm.training.downstream import DownstreamConfig, frame_roll, labelled_tracks, positive_weight, task_data
 from jtm.pipelines.study_config import METHODS, NOTE_TASK, Method, StudyConfig
@@ -269,7 +270,7 @@ def _pooled(store: Store, tracks: np.ndarray, outputs: list[Any]) -> dict[str, A
     for t, out in zip(tracks, outputs):
         onset, frame = out if isinstance(out, tuple) else (None, out)
         n = len(frame)
-        refs.append((offset / FRAME_RATE, _reference_notes(store, int(t), n)))
+        refs.append((offset / FRAME_RATE, reference_notes(store, int(t), n)))
         gap = np.zeros((GAP_FRAMES, frame.shape[1]), dtype=np.float32)
         parts["truth"] += [frame_roll(store, int(t), "transcription", n), gap.astype(bool)]
         parts["onset_truth"] += [track_onset_roll(store.notes(int(t)), n, ONSET_WIDTH), gap.astype(bool)]
@@ -277,7 +278,7 @@ def _pooled(store: Store, tracks: np.ndarray, outputs: list[Any]) -> dict[str, A
         parts["onset"] += [onset, gap]
         offset += n + GAP_FRAMES
     pooled = {k: np.concatenate(v) if v and v[0] is not None else None for k, v in parts.items()}
-    pooled["ref"] = _concat_notes(refs)
+    pooled["ref"] = concat_notes(refs)
     return pooled
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from jtm.audio import FRAME_RATE, probe_audio
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS, N_PITCHES
 from jtm.errors import JTMError, ModelFileError
-from jtm.evaluation.notes import NoteList, make_notes, roll_to_notes
+from jtm.evaluation.notes import MIN_NOTE_FRAMES, NoteList, make_notes, roll_to_notes
 from jtm.fileio import atomic_path, load_json
 from jtm.pipelines.chunked import BatchOutcome, Stopwatch, iter_frames, process_files
 from jtm.pipelines.embed import output_names
@@ -41,8 +41,6 @@ FRAME_TASKS = ("transcription", "pitch-instrument")
 PIANO_PROGRAM = 1
 """GM program of the instrument a plain (instrument-less) transcription is written to: acoustic grand piano."""
 
-MIN_NOTE_FRAMES = 2
-"""Shortest note kept, in frames: the evaluation's ``min_note_frames`` (one-frame blips are not notes)."""
 
 
 # ------------------------------------------------------------------------------------------ notes, streamed
