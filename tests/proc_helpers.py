@@ -50,14 +50,38 @@ def wait_until_dead(pids: set[int], timeout: float = 10.0) -> set[int]:
     return {p for p in pids if alive(p)}
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process adopt its orphaned descendants (Linux), so a killed command's leftovers stay findable."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+SUBREAPER = become_subreaper()
+
+
 def sigkill_tree_check(proc: subprocess.Popen, timeout: float = 10.0) -> set[int]:
     """SIGKILL ``proc`` alone (not its children) and return the descendants that outlive it by ``timeout`` s.
 
-    The survivors are then killed so that a failing test does not leak processes.
+    Descendants are listed before the kill and, as this process is a subreaper, again after it: a worker
+    started in between is adopted by this process instead of init, so it is found too. The survivors are
+    then killed so that a failing test does not leak processes.
     """
+    before = descendants(os.getpid())
     children = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    if SUBREAPER:
+        time.sleep(0.05)
+        children |= descendants(os.getpid()) - before
     survivors = wait_until_dead(children, timeout)
     for pid in survivors:
         try:
