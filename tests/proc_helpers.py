@@ -65,7 +65,6 @@ def become_subreaper() -> bool:
         return False
 
 
-SUBREAPER = become_subreaper()
 
 
 def sigkill_tree_check(proc: subprocess.Popen, timeout: float = 10.0) -> set[int]:
@@ -75,11 +74,12 @@ def sigkill_tree_check(proc: subprocess.Popen, timeout: float = 10.0) -> set[int
     started in between is adopted by this process instead of init, so it is found too. The survivors are
     then killed so that a failing test does not leak processes.
     """
+    subreaper = become_subreaper()  # from the first kill on: orphans of later tests stay this process's zombies
     before = descendants(os.getpid())
     children = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    if SUBREAPER:
+    if subreaper:
         time.sleep(0.05)
         children |= descendants(os.getpid()) - before
     survivors = wait_until_dead(children, timeout)
