@@ -224,19 +224,6 @@ def report(name: str, result: dict[str, float]) -> None:
     print(f"\n{name}: {json.dumps(result)}", file=sys.stderr)
 
 
-def _synth_workers_die_with_parent() -> bool:
-    import jtm.data.synth.build as build
-
-    return "die_with_parent" in Path(build.__file__).read_text(encoding="utf-8")
-
-
-SYNTH_POOL_LEAKS = pytest.mark.xfail(
-    not _synth_workers_die_with_parent(), strict=True,
-    reason="jtm/data/synth/build.py's pool does not use jtm.workers.die_with_parent yet: its workers outlive a "
-           "SIGKILLed `jtm data synth` (and `jtm demo`, which synthesises its corpus)")
-
-
-@SYNTH_POOL_LEAKS
 def test_kill_data_synth(tmp_path: Path) -> None:
     scenario = Scenario("data synth", lambda out: [*JTM, "data", "synth", str(out), "--minutes", "0.3",
                                                    "--max-seconds", "4", "--test-fraction", "0.3", "--workers", "2"],
@@ -284,7 +271,6 @@ def test_kill_study(store: Path, tmp_path: Path) -> None:
     report("study", inject(scenario, tmp_path))
 
 
-@SYNTH_POOL_LEAKS
 def test_kill_demo(tmp_path: Path) -> None:
     scenario = Scenario("demo", lambda out: [*JTM, "demo", "--quick", "--out", str(out)],
                         lambda a, b: same_study(a / "study", b / "study"), timeout=1800)

@@ -230,15 +230,6 @@ def test_pretrain_on_a_full_disk_stops_clearly_keeps_checkpoints_and_resumes(sto
     assert not list(small_disk.rglob("*.tmp"))
 
 
-def _embed_reports_disk_full() -> bool:
-    import jtm.pipelines.embed as embed
-
-    return "disk_full_errors" in Path(embed.__file__).read_text(encoding="utf-8")
-
-
-@pytest.mark.xfail(not _embed_reports_disk_full(), strict=True,
-                   reason="jtm/pipelines/embed.py's RowSpool writes its rows outside jtm.fileio: a full disk is a "
-                          "raw OSError traceback until embed_file wraps the spool in disk_full_errors(target)")
 def test_embed_on_a_full_disk_stops_clearly_and_succeeds_after_freeing(small_disk: Path, tmp_path: Path) -> None:
     from tests.helpers import make_audio_folder
 

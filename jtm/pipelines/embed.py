@@ -29,7 +29,7 @@ import numpy as np
 
 from jtm.audio import FRAME_RATE, probe_audio
 from jtm.errors import JTMError, ModelFileError
-from jtm.fileio import atomic_path, save_npy_atomic
+from jtm.fileio import atomic_path, disk_full_errors, save_npy_atomic
 from jtm.pipelines.chunked import Stopwatch, iter_frames, process_files
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def embed_file(encoder: "CPCEncoder", path: str | Path, target: str | Path, *, l
         shape: tuple[int, ...] = mean.shape
         n_frames = count
     else:
-        with RowSpool(target, dim) as spool:
+        with disk_full_errors(target, exact=True), RowSpool(target, dim) as spool:
             for _, rows in frames:
                 spool.append(rows)
             spool.publish()

@@ -39,6 +39,7 @@ from jtm.data.synth.timbre import REFERENCE, RENDERED_CLASS, TIMBRE_FILE, Timbre
 from jtm.data.store import HELDOUT_TIMBRE, TIMBRE_COLUMN
 from jtm.errors import DataError
 from jtm.fileio import write_text_atomic
+from jtm.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,9 @@ def _pool(workers: int) -> ProcessPoolExecutor:
         ctx.set_forkserver_preload(["music21", "jtm.data.synth.build"])
     else:
         ctx = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    # die_with_parent: a SIGKILLed command (synth, demo) must not leave its workers behind.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
+                               initargs=(os.getpid(),))
 
 
 def _choose_pieces(pool: ProcessPoolExecutor, plan: list[PieceSpec], out: Path, *, target: float, seed: int,
