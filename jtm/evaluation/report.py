@@ -824,7 +824,7 @@ def data_summary_html(summary: dict[str, Any]) -> str:
 
 
 def section_environment(ctx: Context) -> str:
-    from jtm.pipelines.environment import environment_info
+    from jtm.environment import environment_info
 
     info = environment_info()
     body = "<p>Where this report was generated:</p>" + key_values(info)

@@ -364,7 +364,7 @@ def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     _check_out(out, cfg)
-    from jtm.pipelines.environment import usable_cpus
+    from jtm.hardware import usable_cpus
 
     torch.set_num_threads(int(cfg.threads or usable_cpus()))
     corpus, store, pretrain, study = out / "corpus", out / "store", out / "pretrain", out / "study"

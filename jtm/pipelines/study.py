@@ -444,7 +444,7 @@ def run_study(cfg: StudyConfig, log: Callable[[str], None] = print) -> pd.DataFr
 def _run_study(cfg: StudyConfig, log: Callable[[str], None]) -> pd.DataFrame:
     import torch
 
-    from jtm.pipelines.environment import environment_info, usable_cpus
+    from jtm.environment import environment_info, usable_cpus
 
     cfg.validate()
     out = Path(cfg.out)

@@ -10,7 +10,7 @@ import platform
 import sys
 from importlib import metadata
 
-from jtm.hardware import cpu_has_bf16, cpu_model, usable_cpus  # noqa: F401  (re-exported)
+from jtm.hardware import cpu_has_bf16, cpu_model, usable_cpus
 
 PACKAGES = ("jtm", "torch", "lightning", "numpy", "pandas", "soundfile", "soxr", "safetensors", "scikit-learn",
             "mir_eval", "pretty_midi", "matplotlib", "music21")
