@@ -19,6 +19,7 @@ precision that ``jtm pretrain`` uses (glibc-retain; bf16 where the CPU has it), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -47,8 +48,9 @@ def make_store(workdir: Path, minutes: float) -> Path:
     from jtm.data.prepare import prepare_store
     from jtm.data.synth import build_corpus
 
-    build_corpus(workdir / "corpus", minutes=minutes, max_seconds=30, test_fraction=0.15, seed=0, progress=False)
-    prepare_store(workdir / "corpus", workdir / "store", progress=False)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON lines only
+        build_corpus(workdir / "corpus", minutes=minutes, max_seconds=30, test_fraction=0.15, seed=0, progress=False)
+        prepare_store(workdir / "corpus", workdir / "store", progress=False)
     return workdir / "store"
 
 

@@ -34,6 +34,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from jtm.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, load_audio
+from jtm.configs import DEFAULT_WINDOW
 from jtm.data.labels import Notes
 from jtm.data.musicnet import (
     LABEL_SAMPLE_RATE,
@@ -46,6 +47,7 @@ from jtm.data.musicnet import (
     read_source,
     report,
 )
+from jtm.data.store import CORE_COLUMNS, STORE_FORMAT, STORE_VERSION, read_store_json
 from jtm.errors import DataError
 from jtm.fileio import (
     FolderNotWritableError,
@@ -58,15 +60,10 @@ from jtm.fileio import (
 )
 from jtm.workers import die_with_parent
 
-STORE_FORMAT = "jtm-store"
-STORE_VERSION = 1
-DEFAULT_WINDOW = 20_480
 MIN_SECONDS = DEFAULT_WINDOW / SAMPLE_RATE
-"""Default shortest usable track: one 20480-sample training window at 16 kHz (1.28 s)."""
+"""Default shortest usable track: one default training window at 16 kHz (1.28 s)."""
 SILENCE_PEAK = 1e-4
 """A track whose peak amplitude stays below this (-80 dBFS) is silent: useless for pretraining."""
-CORE_COLUMNS = ("id", "split", "shard", "offset", "length", "path")
-
 
 @dataclass
 class PrepareSummary:
@@ -179,17 +176,6 @@ def _fingerprint(src: Path, store: Path, settings: dict[str, Any]) -> str:
         st = p.stat()
         h.update(f"{p.relative_to(src).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8"))
     return h.hexdigest()
-
-
-def read_store_json(store: str | Path) -> dict[str, Any] | None:
-    """The parsed ``store.json`` of a folder, or None when it is missing or unreadable."""
-    path = Path(store) / "store.json"
-    if regular_file_problem(path) is not None:  # missing, or a FIFO that would block the read
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _run_tasks(tasks: list[_Task], workers: int, progress: bool) -> Iterator[_Done]:

@@ -5,6 +5,7 @@ is missing, unreadable, of another format or version, or not marked complete.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,13 @@ import numpy as np
 import pandas as pd
 
 from jtm.data.labels import NoteIndex, Notes
-from jtm.data.prepare import CORE_COLUMNS, STORE_FORMAT, STORE_VERSION, read_store_json
 from jtm.errors import DataError
+from jtm.fileio import regular_file_problem
+
+STORE_FORMAT = "jtm-store"
+STORE_VERSION = 1
+CORE_COLUMNS = ("id", "split", "shard", "offset", "length", "path")
+"""tracks.csv's own columns; the metadata columns follow them."""
 
 TIMBRE_COLUMN = "timbre"
 """Metadata column of a synth corpus rendered with several timbres (``jtm data synth --renderings``)."""
@@ -21,6 +27,17 @@ HELDOUT_TIMBRE = "heldout"
 """Its value for a recording whose timbre no training recording has (the held-out-timbre test set)."""
 
 _NOTE_FIELDS = ("track", "start", "end", "instrument", "pitch")
+
+
+def read_store_json(store: str | Path) -> dict[str, Any] | None:
+    """The parsed ``store.json`` of a folder, or None when it is missing or unreadable."""
+    path = Path(store) / "store.json"
+    if regular_file_problem(path) is not None:  # missing, or a FIFO that would block the read
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 class Store:
