@@ -355,82 +355,116 @@ def results_table(summary_csv: Path) -> str:
     return "\n".join(lines).rstrip()
 
 
-def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: Echo = print) -> DemoResult:
-    """Run (or finish) the demo in ``out``; print progress, stage timings and the results table."""
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where each stage of a demo in ``out`` writes."""
+
+    out: Path
+
+    @property
+    def corpus(self) -> Path:
+        return self.out / "corpus"
+
+    @property
+    def store(self) -> Path:
+        return self.out / "store"
+
+    @property
+    def pretrain(self) -> Path:
+        return self.out / "pretrain"
+
+    @property
+    def study(self) -> Path:
+        return self.out / "study"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.html"
+
+
+def _start(paths: DemoPaths, cfg: DemoConfig, echo: Echo) -> None:
+    """Claim the folder for this configuration, set torch's threads and announce what will run."""
     import torch
 
-    cfg = cfg or DemoConfig.full()
-    out = Path(out)
-    started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    _check_out(out, cfg)
     from jtm.hardware import usable_cpus
 
+    paths.out.mkdir(parents=True, exist_ok=True)
+    _check_out(paths.out, cfg)
     torch.set_num_threads(int(cfg.threads or usable_cpus()))
-    corpus, store, pretrain, study = out / "corpus", out / "store", out / "pretrain", out / "study"
-    report = out / "report.html"
-    stages = _Stages(out, echo)
-    echo(f"jtm demo in {out}: {cfg.minutes:g} min of audio, "
+    echo(f"jtm demo in {paths.out}: {cfg.minutes:g} min of audio, "
          f"CPC {cfg.encoder_dim}/{cfg.context_dim}-dim {cfg.encoder}+GRU, "
          f"{cfg.pretrain_epochs} pretraining epoch(s), study of {', '.join(cfg.tasks)} at label fractions "
          f"{', '.join(format(f, 'g') for f in cfg.fractions)} ({torch.get_num_threads()} threads)")
 
-    def synthesise() -> None:
-        from jtm.data.synth import build_corpus
 
-        summary = build_corpus(corpus, minutes=cfg.minutes, max_seconds=cfg.max_seconds,
-                               test_fraction=cfg.test_fraction, seed=cfg.seed, workers=cfg.workers)
-        d = summary.to_dict()
-        echo(f"    {d.get('n_pieces')} pieces ({d.get('n_train')} train, {d.get('n_test')} test), "
-             f"{float(d.get('seconds', 0)) / 60:.1f} min of audio")
+def _synthesise(cfg: DemoConfig, paths: DemoPaths, echo: Echo) -> None:
+    from jtm.data.synth import build_corpus
 
-    def prepare() -> None:
-        from jtm.data.prepare import prepare_store
+    summary = build_corpus(paths.corpus, minutes=cfg.minutes, max_seconds=cfg.max_seconds,
+                           test_fraction=cfg.test_fraction, seed=cfg.seed, workers=cfg.workers)
+    d = summary.to_dict()
+    echo(f"    {d.get('n_pieces')} pieces ({d.get('n_train')} train, {d.get('n_test')} test), "
+         f"{float(d.get('seconds', 0)) / 60:.1f} min of audio")
 
-        prepare_store(corpus, store, workers=cfg.workers)
 
-    def pretrain_stage() -> None:
-        from jtm.training.pretrain import run_pretrain
+def _prepare(cfg: DemoConfig, paths: DemoPaths) -> None:
+    from jtm.data.prepare import prepare_store
 
-        t0 = time.perf_counter()
+    prepare_store(paths.corpus, paths.store, workers=cfg.workers)
 
-        def status() -> str:
-            done = len(list((pretrain / "checkpoints").glob("epoch*.ckpt")))
-            return (f"    pretraining: {done}/{cfg.pretrain_epochs} epoch(s) done, "
-                    f"{_fmt_seconds(time.perf_counter() - t0)} elapsed")
 
-        if sys.stdout.isatty():
-            metrics = run_pretrain(pretrain_config(cfg, store, pretrain))
-        else:
-            with Heartbeat(status, echo):
-                metrics = run_pretrain(pretrain_config(cfg, store, pretrain))
-        accs = [metrics.get(f"val/acc_k{k}") for k in range(1, cfg.predict_steps + 1)]
-        shown = ", ".join("n/a" if a is None else f"{a:.2f}" for a in accs)
-        echo(f"    CPC validation accuracy for k = 1..{cfg.predict_steps}: {shown}")
+def _pretrain(cfg: DemoConfig, paths: DemoPaths, echo: Echo) -> None:
+    """Pretrain CPC (with a heartbeat line when there is no terminal for the progress bar) and print the final
+    validation accuracy per prediction step."""
+    from jtm.training.pretrain import run_pretrain
 
-    def study_stage() -> None:
-        from jtm.pipelines.study import run_study
+    t0 = time.perf_counter()
 
-        run_study(study_config(cfg, store, pretrain, study), log=lambda line: echo(f"    {line}"))
+    def status() -> str:
+        done = len(list((paths.pretrain / "checkpoints").glob("epoch*.ckpt")))
+        return (f"    pretraining: {done}/{cfg.pretrain_epochs} epoch(s) done, "
+                f"{_fmt_seconds(time.perf_counter() - t0)} elapsed")
 
-    def report_stage() -> None:
-        from jtm.evaluation.report import write_report
+    if sys.stdout.isatty():
+        metrics = run_pretrain(pretrain_config(cfg, paths.store, paths.pretrain))
+    else:
+        with Heartbeat(status, echo):
+            metrics = run_pretrain(pretrain_config(cfg, paths.store, paths.pretrain))
+    accs = [metrics.get(f"val/acc_k{k}") for k in range(1, cfg.predict_steps + 1)]
+    shown = ", ".join("n/a" if a is None else f"{a:.2f}" for a in accs)
+    echo(f"    CPC validation accuracy for k = 1..{cfg.predict_steps}: {shown}")
 
-        write_report([out], report, title="JTM demo: CPC on synthesised music")
 
+def _study(cfg: DemoConfig, paths: DemoPaths, echo: Echo) -> None:
+    from jtm.pipelines.study import run_study
+
+    run_study(study_config(cfg, paths.store, paths.pretrain, paths.study), log=lambda line: echo(f"    {line}"))
+
+
+def _report(paths: DemoPaths) -> None:
+    from jtm.evaluation.report import write_report
+
+    write_report([paths.out], paths.report, title="JTM demo: CPC on synthesised music")
+
+
+def _run_stages(cfg: DemoConfig, paths: DemoPaths, stages: _Stages, echo: Echo) -> None:
+    """Every stage in order, each skipped when it finished in an earlier run (the report is always rebuilt)."""
     with quiet_libraries():
-        stages.run("synthesise", f"render about {cfg.minutes:g} min of scores with a GM soundfont", synthesise,
-                   corpus)
-        stages.run("prepare", "resample to 16 kHz and build the store", prepare, store / "store.json")
-        stages.run("pretrain", f"CPC, {cfg.pretrain_epochs} epoch(s)", pretrain_stage,
-                   pretrain / "encoder" / "config.json")
-        stages.run("study", f"{len(study_config(cfg, store, pretrain, study).cells()) * cfg.seeds} selected runs "
-                   f"({', '.join(cfg.methods)}; {cfg.seeds} seeds)", study_stage, study / "summary.csv")
+        stages.run("synthesise", f"render about {cfg.minutes:g} min of scores with a GM soundfont",
+                   lambda: _synthesise(cfg, paths, echo), paths.corpus)
+        stages.run("prepare", "resample to 16 kHz and build the store", lambda: _prepare(cfg, paths),
+                   paths.store / "store.json")
+        stages.run("pretrain", f"CPC, {cfg.pretrain_epochs} epoch(s)", lambda: _pretrain(cfg, paths, echo),
+                   paths.pretrain / "encoder" / "config.json")
+        n_runs = len(study_config(cfg, paths.store, paths.pretrain, paths.study).cells()) * cfg.seeds
+        stages.run("study", f"{n_runs} selected runs ({', '.join(cfg.methods)}; {cfg.seeds} seeds)",
+                   lambda: _study(cfg, paths, echo), paths.study / "summary.csv")
         # The report is cheap and reflects everything above: rebuild it on every run.
         (stages.dir / "report.json").unlink(missing_ok=True)
-        stages.run("report", "write the HTML report", report_stage)
+        stages.run("report", "write the HTML report", lambda: _report(paths))
 
-    total = time.perf_counter() - started
+
+def _echo_timings(stages: _Stages, total: float, echo: Echo) -> None:
     echo("")
     echo("stage timings:")
     for name in STAGES:
@@ -438,17 +472,35 @@ def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: 
         note = " (reused)" if name in stages.reused else ""
         echo(f"  {name:<11} {_fmt_seconds(seconds):>14}{note}")
     echo(f"  {'total':<11} {_fmt_seconds(total):>14}")
-    results = study / "summary.csv"
+
+
+def _export_and_announce_transcriber(paths: DemoPaths, echo: Echo) -> None:
+    """Copy the transcription model chosen on validation to ``OUT/transcriber`` and say how to use it."""
+    dest = paths.out / "transcriber"
+    transcriber = export_transcriber(paths.study, dest)
+    if transcriber is not None:
+        echo(f"transcription model chosen on validation: {transcriber['run']} (validation frame AP "
+             f"{transcriber['val_score']:.3f}), copied to {dest}; use it with "
+             f"`jtm transcribe YOUR_AUDIO --model {dest} -o midi`")
+
+
+def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: Echo = print) -> DemoResult:
+    """Run (or finish) the demo in ``out``; print progress, stage timings and the results table."""
+    cfg = cfg or DemoConfig.full()
+    paths = DemoPaths(Path(out))
+    started = time.perf_counter()
+    _start(paths, cfg, echo)
+    stages = _Stages(paths.out, echo)
+    _run_stages(cfg, paths, stages, echo)
+    total = time.perf_counter() - started
+    _echo_timings(stages, total, echo)
+    results = paths.study / "summary.csv"
     table = results_table(results) if results.is_file() else "(no study results)"
     echo("")
     echo(table)
     echo("")
-    transcriber = export_transcriber(study, out / "transcriber")
-    if transcriber is not None:
-        echo(f"transcription model chosen on validation: {transcriber['run']} (validation frame AP "
-             f"{transcriber['val_score']:.3f}), copied to {out / 'transcriber'}; use it with "
-             f"`jtm transcribe YOUR_AUDIO --model {out / 'transcriber'} -o midi`")
-    write_json_atomic(out / "stages" / "timings.json", {"stage_seconds": stages.seconds, "total_seconds": total,
-                                                        "reused": stages.reused})
-    return DemoResult(out=out, report=report, results=results, stage_seconds=stages.seconds,
+    _export_and_announce_transcriber(paths, echo)
+    write_json_atomic(paths.out / "stages" / "timings.json",
+                      {"stage_seconds": stages.seconds, "total_seconds": total, "reused": stages.reused})
+    return DemoResult(out=paths.out, report=paths.report, results=results, stage_seconds=stages.seconds,
                       reused=stages.reused, table=table)
