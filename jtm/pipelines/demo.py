@@ -357,29 +357,18 @@ def results_table(summary_csv: Path) -> str:
 
 @dataclass(frozen=True)
 class DemoPaths:
-    """Where each stage of a demo in ``out`` writes."""
+    """Where each stage of a demo writes: its folder ``out`` and, below it, one output per stage."""
 
     out: Path
+    corpus: Path
+    store: Path
+    pretrain: Path
+    study: Path
+    report: Path
 
-    @property
-    def corpus(self) -> Path:
-        return self.out / "corpus"
-
-    @property
-    def store(self) -> Path:
-        return self.out / "store"
-
-    @property
-    def pretrain(self) -> Path:
-        return self.out / "pretrain"
-
-    @property
-    def study(self) -> Path:
-        return self.out / "study"
-
-    @property
-    def report(self) -> Path:
-        return self.out / "report.html"
+    @classmethod
+    def under(cls, out: Path) -> "DemoPaths":
+        return cls(out, out / "corpus", out / "store", out / "pretrain", out / "study", out / "report.html")
 
 
 def _start(paths: DemoPaths, cfg: DemoConfig, echo: Echo) -> None:
@@ -487,7 +476,7 @@ def _export_and_announce_transcriber(paths: DemoPaths, echo: Echo) -> None:
 def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: Echo = print) -> DemoResult:
     """Run (or finish) the demo in ``out``; print progress, stage timings and the results table."""
     cfg = cfg or DemoConfig.full()
-    paths = DemoPaths(Path(out))
+    paths = DemoPaths.under(Path(out))
     started = time.perf_counter()
     _start(paths, cfg, echo)
     stages = _Stages(paths.out, echo)
