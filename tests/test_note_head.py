@@ -101,3 +101,13 @@ def test_folding_the_standardisation_keeps_the_outputs() -> None:
     raw = torch.randn(1, 12, 5) * 3 + 1
     folded = head.fold_standardisation(mean, std)
     torch.testing.assert_close(folded(raw).onset, head((raw - mean) / std).onset, rtol=1e-4, atol=1e-4)
+
+
+def test_a_hostile_note_head_config_is_refused_before_allocating(tmp_path) -> None:
+    head = NoteHead(in_dim=8, hidden=8)
+    head.save_pretrained(tmp_path / "head")
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    config["config"]["head"]["hidden"] = 10**9
+    (tmp_path / "head" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="config.json.*too large"):
+        NoteHead.from_pretrained(tmp_path / "head")

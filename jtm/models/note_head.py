@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from jtm.configs import MAX_OUTPUTS, MAX_WIDTH
+
 from jtm.errors import ModelFileError
 from jtm.models.pretrained import (load_weights_into, read_pretrained_config, read_pretrained_weights,
                                    save_pretrained_files)
@@ -68,6 +70,11 @@ class _GRUContext(nn.Module):
         return self.dropout(self.gru(h)[0])
 
 
+MAX_LAYERS = 64
+MAX_KERNEL = 1025
+"""Ceilings of the temporal context (frames): far beyond any useful head, far below a harmful allocation."""
+
+
 class NoteHead(nn.Module):
     """Onset and frame logits from frame features, with temporal context (see the module docstring)."""
 
@@ -77,6 +84,11 @@ class NoteHead(nn.Module):
         if in_dim < 1 or n_pitches < 1 or hidden < 2 or layers < 1:
             raise ValueError(f"in_dim, n_pitches, layers must be >= 1 and hidden >= 2, got {in_dim}, {n_pitches}, "
                              f"{layers}, {hidden}")
+        # The same ceilings as every config (jtm.configs): a hostile config.json is refused before any allocation.
+        if max(in_dim, hidden) > MAX_WIDTH or n_pitches > MAX_OUTPUTS or layers > MAX_LAYERS or kernel > MAX_KERNEL:
+            raise ValueError(f"note head too large: in_dim {in_dim}, hidden {hidden} (at most {MAX_WIDTH}), n_pitches "
+                             f"{n_pitches} (at most {MAX_OUTPUTS}), layers {layers} (at most {MAX_LAYERS}), kernel "
+                             f"{kernel} (at most {MAX_KERNEL})")
         if context not in CONTEXTS:
             raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
         if kernel < 1 or kernel % 2 == 0:
