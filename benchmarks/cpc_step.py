@@ -166,6 +166,15 @@ def run(config_name: str, steps: int = 10, warmup: int = 2, batch: int = 8, wind
     return result
 
 
+def run_subprocess(config_name: str, flags: list[str] = (), env: dict[str, str] | None = None) -> dict:
+    """This benchmark on one configuration in a fresh process (its own peak RSS, allocator and precision); the result.
+
+    ``flags``: more command-line flags (``--steps``, ``--malloc``, ...); ``env``: additions to the environment."""
+    cmd = [sys.executable, __file__, "--config", config_name, *flags]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})}).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), help="run one configuration in this process")
@@ -184,12 +193,10 @@ def main(argv: list[str] | None = None) -> None:
                              naive=not args.no_naive, matmul_size=args.matmul_size, precision=args.precision,
                              malloc=args.malloc)), flush=True)
         return
+    flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--precision", args.precision,
+             "--malloc", args.malloc, *(["--no-naive"] if args.no_naive else [])]
     for name in ("default", "demo", "conv-gru-256"):
-        cmd = [sys.executable, __file__, "--config", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--precision", args.precision, "--malloc", args.malloc]
-        if args.no_naive:
-            cmd.append("--no-naive")
-        subprocess.run(cmd, check=True)
+        print(json.dumps(run_subprocess(name, flags)), flush=True)
 
 
 if __name__ == "__main__":

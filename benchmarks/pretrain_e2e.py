@@ -31,6 +31,9 @@ from pathlib import Path
 
 from jtm.training.config import resolve_precision
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or as benchmarks.<name>
+import cpc_step  # noqa: E402
+
 JTM = [sys.executable, "-m", "jtm.cli"]
 
 # Model flags of `jtm pretrain` for each configuration of benchmarks/cpc_step.py, plus the run's optimiser settings.
@@ -77,21 +80,16 @@ def run_command(config: str, store: Path, out: Path, epochs: int, steps: int | N
     }
 
 
-def run_isolated(config: str, batch: int, window: int, steps: int, precision: str) -> dict:
-    """benchmarks/cpc_step.py on the same model, in a fresh process (so its RSS does not mix with the run's)."""
-    cmd = [sys.executable, str(Path(__file__).with_name("cpc_step.py")), "--config", config, "--steps", str(steps),
-           "--no-naive", "--malloc", "retain", "--precision", "bf16" if precision == "bf16-mixed" else "32"]
-    line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    return json.loads(line)
-
-
 def run(config: str, store: Path, epochs: int = 2, steps: int | None = None, batch: int = 8, window: int = 20480,
         isolated_steps: int = 10) -> dict:
     """One configuration: the command end to end, then the isolated step; the ratio of their rates."""
     precision = resolve_precision("auto", "cpu")
     with tempfile.TemporaryDirectory(prefix="jtm-e2e-") as tmp:
         e2e = run_command(config, store, Path(tmp) / "run", epochs, steps, batch, window)
-    isolated = run_isolated(config, batch, window, isolated_steps, precision)
+    # benchmarks/cpc_step.py on the same model, with jtm pretrain's allocator setting and precision
+    isolated = cpc_step.run_subprocess(config, ["--steps", str(isolated_steps), "--no-naive", "--batch", str(batch),
+                                                "--window", str(window), "--malloc", "retain",
+                                                "--precision", "bf16" if precision == "bf16-mixed" else "32"])
     result = {"config": config, "batch": batch, "window": window, "epochs": epochs, "precision": precision, **e2e}
     result["isolated_windows_per_s"] = isolated["windows_per_s"]
     result["e2e_over_isolated"] = round(e2e["e2e_windows_per_s"] / isolated["windows_per_s"], 3)

@@ -16,11 +16,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 from jtm.hardware import cpu_has_bf16
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or as benchmarks.<name>
+import cpc_step  # noqa: E402
 
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
                   "/usr/lib64/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
@@ -41,13 +43,6 @@ def settings() -> dict[str, tuple[dict[str, str], list[str]]]:
     return out
 
 
-def one_run(config: str, env: dict[str, str], flags: list[str], steps: int, extra: list[str]) -> dict:
-    cmd = [sys.executable, str(Path(__file__).with_name("cpc_step.py")), "--config", config, "--steps", str(steps),
-           "--no-naive", *flags, *extra]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **env}).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def run(configs: list[str], rounds: int = 2, steps: int = 5, extra: list[str] = ()) -> list[dict]:
     """Interleave every setting of every config ``rounds`` times; summarise each (config, setting).
 
@@ -58,7 +53,8 @@ def run(configs: list[str], rounds: int = 2, steps: int = 5, extra: list[str] = 
     for _ in range(rounds):
         for config in configs:
             for name, (env, flags) in table.items():
-                runs.setdefault((config, name), []).append(one_run(config, env, flags, steps, list(extra)))
+                runs.setdefault((config, name), []).append(
+                    cpc_step.run_subprocess(config, ["--steps", str(steps), "--no-naive", *flags, *extra], env))
     results = []
     for (config, name), rs in runs.items():
         results.append({

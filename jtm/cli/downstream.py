@@ -124,8 +124,9 @@ def study(
     pretrained: Optional[Path] = typer.Option(_study("pretrained"), help="The CPC pretraining RUN (or encoder/) to "
                                               "probe and fine-tune; the random and from-scratch arms copy its "
                                               "architecture."),
-    tasks: str = typer.Option(_study("tasks"), help="Comma-separated tasks, e.g. transcription,ensemble; notes: transcription scored "
-                                "as notes (note F1 with and without offsets), with the *-note arms' onset head."),
+    tasks: str = typer.Option(_study("tasks"), help="Comma-separated tasks, e.g. "
+                            "transcription,ensemble; notes: transcription scored as notes (note F1 with and without "
+                            "offsets), with the *-note arms' onset head."),
     fractions: str = typer.Option(_study("fractions"), help="Comma-separated label fractions."),
     methods: str = typer.Option(_study("methods"), help=f"Comma-separated arms: {', '.join(METHODS)}."),
     skip: str = typer.Option(_study("skip"), help="Comma-separated task/method pairs to leave out, e.g. "

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from jtm.data.windows import WindowBatches
 from jtm.errors import JTMError
 from jtm.evaluation.metrics import tune_threshold
 from jtm.fileio import write_json_atomic
+from jtm.hardware import usable_cpus
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import (FEATURE_LAYERS, DownstreamModel, is_frame_task, load_frontend_source,
@@ -339,7 +339,7 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
     if finished and is_finished(out):
         model_cfg = read_downstream_config(out / "model")
         return {"out": str(out), "skipped": True, "threshold": model_cfg.get("threshold")}
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or usable_cpus())
     if not cfg.progress:
         _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
