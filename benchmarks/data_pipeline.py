@@ -38,7 +38,7 @@ import pandas as pd
 import soundfile as sf
 
 from jtm.audio import HOP, SAMPLE_RATE as STORE_RATE
-from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS, N_PITCHES
+from jtm.data.instruments import INSTRUMENT_PROGRAMS, N_PITCHES
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

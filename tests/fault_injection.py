@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.proc_helpers import descendants, sigkill_tree_check
+from tests.proc_helpers import sigkill_tree_check
 
 ROOT = Path(__file__).resolve().parents[1]
 JTM = [sys.executable, "-m", "jtm.cli"]

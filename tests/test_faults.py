@@ -13,7 +13,7 @@ import pytest
 
 from jtm.data.prepare import prepare_store
 from jtm.data.store import Store
-from jtm.fileio import DiskFullError, FolderLockedError, LOCK_NAME, atomic_path, folder_lock, save_npy_atomic
+from jtm.fileio import DiskFullError, FolderLockedError, LOCK_NAME, folder_lock, save_npy_atomic
 from jtm.pipelines.study_config import StudyConfig
 from jtm.training.checkpoints import load_checkpoint
 from jtm.training.pretrain import PretrainConfig, run_pretrain

@@ -24,7 +24,7 @@ from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import DownstreamModel
 from jtm.pipelines.features import FeatureCache
 from jtm.pipelines.study import METHODS, StudyConfig, fraction_dir, parse_list, run_study
-from jtm.training.downstream import frame_roll
+from jtm.data.tasks import frame_roll
 
 FRACTIONS = (0.4, 1.0)
 METHODS_RUN = ("cpc-linear", "supervised")  # a probe on cached frozen features, and an arm trained on audio

@@ -111,7 +111,7 @@ def test_store_work_keys_and_renderings(tmp_path) -> None:
     from jtm.data.prepare import prepare_store
     from jtm.data.store import Store
     from jtm.data.synth import build_corpus
-    from jtm.training.downstream import task_data
+    from jtm.data.tasks import task_data
 
     build_corpus(tmp_path / "corpus", minutes=0.6, max_seconds=8, test_fraction=0.2, seed=3, renderings=2,
                  progress=False)

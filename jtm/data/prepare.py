@@ -54,7 +54,6 @@ from jtm.fileio import (
     atomic_path,
     folder_lock,
     load_npy,
-    regular_file_problem,
     save_npy_atomic,
     write_json_atomic,
 )

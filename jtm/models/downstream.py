@@ -18,7 +18,6 @@ safetensors file of CPC encoder weights whose metadata holds the :class:`CPCConf
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from dataclasses import MISSING, dataclass
 from typing import Any, Sequence
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 
 from jtm.audio import HOP
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, N_PITCHES
+from jtm.data.tasks import is_frame_task
 from jtm.configs import MAX_OUTPUTS, MAX_WIDTH, bounded, check_bounds, load_config
 from jtm.errors import ModelFileError
 from jtm.fileio import atomic_path, write_json_atomic
@@ -46,14 +46,8 @@ DOWNSTREAM_FORMAT = "jtm-downstream"
 DOWNSTREAM_VERSION = 1
 ENCODER_FILE_FORMAT = "jtm-cpc-encoder-file"
 
-FRAME_TASKS = ("transcription", "pitch-instrument")
 FEATURE_LAYERS = ("context", "encoder", "both")
 """What a probe reads of a CPC front end: c, z, or both concatenated ([z, c], encoder_dim + context_dim wide)."""
-
-
-def is_frame_task(task: str) -> bool:
-    """Frame-level multi-label tasks; every other task name is a categorical metadata column."""
-    return task in FRAME_TASKS
 
 
 def task_outputs(task: str, classes: Sequence[str] | None = None) -> int:
@@ -436,11 +430,3 @@ def load_frontend_source(source: str | Path) -> CPCEncoder:
                              "finish or resume the run first")
     # Report the most specific problem: load the expected encoder folder to raise its own error.
     return CPCEncoder.from_pretrained(path / "encoder" if (path / "encoder").exists() else path)
-
-
-def pos_weight_from_counts(n_pos: float, n_total: float, max_weight: float = 100.0) -> float:
-    """BCE positive weight ``clip(n_neg / n_pos, 1, max_weight)``: positives (active notes) are rare cells."""
-    if n_pos <= 0:
-        return float(max_weight)
-    ratio = (n_total - n_pos) / n_pos
-    return float(min(max_weight, max(1.0, ratio))) if math.isfinite(ratio) else float(max_weight)

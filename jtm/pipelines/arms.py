@@ -25,15 +25,15 @@ from torch import Tensor, nn
 
 from jtm.data.labels import HOP, track_onset_roll
 from jtm.data.store import Store
+from jtm.data.tasks import TaskData, frame_roll, is_frame_task, pos_weight_from_counts
 from jtm.data.windows import WindowBatches
 from jtm.errors import JTMError
 from jtm.models.cpc import CPCEncoder
-from jtm.models.downstream import DownstreamModel, is_frame_task, pos_weight_from_counts, window_starts
+from jtm.models.downstream import DownstreamModel, window_starts
 from jtm.models.logmel import LogMel
 from jtm.models.note_head import NoteHead
 from jtm.models.probes import build_probe
 from jtm.pipelines.features import FeatureCache
-from jtm.training.downstream import TaskData, frame_roll
 
 
 @dataclass(frozen=True)

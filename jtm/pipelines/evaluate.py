@@ -45,6 +45,7 @@ from jtm.audio import FRAME_RATE, HOP
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS
 from jtm.data.labels import N_INSTRUMENTS
 from jtm.data.store import Store
+from jtm.data.tasks import frame_roll, task_data
 from jtm.errors import JTMError
 from jtm.evaluation.metrics import (classification_metrics, frame_average_precision, frame_prf, note_prf,
                                     per_instrument_ap)
@@ -53,7 +54,7 @@ from jtm.evaluation.plots import plot_confusion, plot_piano_roll
 from jtm.fileio import atomic_path, load_json, write_json_atomic, write_text_atomic
 from jtm.models.downstream import DownstreamModel
 from jtm.models.inference import Chunking
-from jtm.training.downstream import DownstreamConfig, frame_roll, task_data
+from jtm.training.config import DownstreamConfig
 
 _NOTE_GAP_SECONDS = 10.0
 """Silence inserted between recordings when pooling their notes, so no note matches across recordings."""

@@ -55,6 +55,7 @@ import pandas as pd
 
 from jtm.audio import FRAME_RATE
 from jtm.data.store import Store
+from jtm.data.tasks import frame_roll, is_frame_task, labelled_tracks, positive_weight, task_data
 from jtm.errors import JTMError
 from jtm.data.labels import track_onset_roll
 from jtm.evaluation.metrics import note_task_metrics, ranking_average_precision, tune_note_thresholds, tune_threshold
@@ -64,7 +65,7 @@ from jtm.evaluation.stats import chance_row, summarize_results
 from jtm.fileio import atomic_path, folder_lock, load_json, write_json_atomic
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
-from jtm.models.downstream import is_frame_task, load_frontend_source
+from jtm.models.downstream import load_frontend_source
 from jtm.models.logmel import LogMel
 from jtm.models.note_head import NoteHead
 from jtm.pipelines.arms import (NOTE_HEAD, ONSET_MAX_POS_WEIGHT, ONSET_WIDTH, EndToEnd, FrozenNoteHead, FrozenProbe,
@@ -72,8 +73,8 @@ from jtm.pipelines.arms import (NOTE_HEAD, ONSET_MAX_POS_WEIGHT, ONSET_WIDTH, En
 from jtm.pipelines.evaluate import (concat_notes, headline_metric, json_safe, reference_notes, score_classification,
                                     score_frames, track_labels)
 from jtm.pipelines.features import FeatureCache
-from jtm.training.downstream import DownstreamConfig, frame_roll, labelled_tracks, positive_weight, task_data
-from jtm.pipelines.study_config import METHODS, NOTE_TASK, Method, StudyConfig
+from jtm.training.config import DownstreamConfig
+from jtm.pipelines.study_config import METHODS, NOTE_TASK, StudyConfig
 from jtm.training.runs import changed_keys, refuse_changed_config
 from jtm.training.selection import train_selected
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from jtm.audio import FRAME_RATE, probe_audio
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS, N_PITCHES
+from jtm.data.tasks import FRAME_TASKS
 from jtm.errors import JTMError, ModelFileError
 from jtm.evaluation.notes import MIN_NOTE_FRAMES, NoteList, make_notes, roll_to_notes
 from jtm.fileio import atomic_path, load_json
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from jtm.models.downstream import DownstreamModel
     from jtm.models.inference import Chunking
 
-FRAME_TASKS = ("transcription", "pitch-instrument")
 PIANO_PROGRAM = 1
 """GM program of the instrument a plain (instrument-less) transcription is written to: acoustic grand piano."""
 

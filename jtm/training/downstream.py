@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +43,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from jtm.data.labels import HOP, N_INSTRUMENTS, track_piano_roll, track_pitch_instrument_roll
+from jtm.data.labels import N_INSTRUMENTS
 from jtm.data.store import Store
-from jtm.data.subsets import LabelledSplits, labelled_splits
+from jtm.data.tasks import TaskData, class_weight_vector, frame_roll, is_frame_task, positive_weight, task_data
 from jtm.data.windows import WindowBatches
 from jtm.errors import JTMError
 from jtm.evaluation.metrics import tune_threshold
@@ -54,91 +53,12 @@ from jtm.fileio import write_json_atomic
 from jtm.hardware import usable_cpus
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
-from jtm.models.downstream import (FEATURE_LAYERS, DownstreamModel, is_frame_task, load_frontend_source,
-                                   pos_weight_from_counts,
-                                   read_downstream_config)
+from jtm.models.downstream import DownstreamModel, load_frontend_source, read_downstream_config
 from jtm.models.logmel import LogMel
 from jtm.training.callbacks import SetEpoch
 from jtm.training.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
 from jtm.training.config import DownstreamConfig  # torch-free, so the CLI reads its defaults
 from jtm.training.runs import refuse_changed_config
-
-# ------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class TaskData:
-    """The labelled recordings of a task and what the loss needs to know about them."""
-
-    splits: LabelledSplits
-    classes: list[str] | None = None
-    class_of_track: np.ndarray | None = None
-    """(n_tracks,) int64 class code per store track, -1 for tracks without a value (classification only)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def labelled_tracks(store: Store, task: str, split: str) -> np.ndarray:
-    """Store indices of ``split`` that carry labels for ``task`` (sorted int64)."""
-    idx = store.indices(split)
-    if is_frame_task(task):
-        return idx[[len(store.notes(int(i))) > 0 for i in idx]] if len(idx) else idx
-    if task not in store.tracks.columns:
-        raise JTMError(f"{store.path / 'tracks.csv'}: no column {task!r} to classify; tasks are transcription, "
-                       f"pitch-instrument or one of the columns {', '.join(store.tracks.columns)}")
-    values = store.tracks[task].astype(str).str.strip().to_numpy()
-    return idx[values[idx] != ""]
-
-
-def task_data(store: Store, task: str, label_fraction: float, seed: int, val_fraction: float,
-              subset_seed: int | None = None) -> TaskData:
-    """Splits (validation carved before subsetting) and, for classification, the class list over all labelled
-    recordings of both splits, so that codes mean the same in every split and every label fraction."""
-    if is_frame_task(task) and not store.has_labels:
-        raise JTMError(f"{store.path}: task {task!r} needs note labels, but this store has none")
-    train, test = labelled_tracks(store, task, "train"), labelled_tracks(store, task, "test")
-    if len(train) == 0:
-        raise JTMError(f"{store.path}: no labelled training recordings for task {task!r}")
-    # A work's recordings (performances, timbre renderings) stay together: never trained on and validated on.
-    splits = labelled_splits(train, test, label_fraction, seed, val_fraction, subset_seed,
-                             groups=store.work_keys(train))
-    if is_frame_task(task):
-        return TaskData(splits)
-    everything = np.union1d(train, test)
-    codes, names = store.categories(task, everything)
-    class_of_track = np.full(len(store), -1, dtype=np.int64)
-    class_of_track[everything] = codes
-    return TaskData(splits, names, class_of_track)
-
-
-def frame_roll(store: Store, track: int, task: str, n_frames: int | None = None) -> np.ndarray:
-    """Whole-track label roll of a frame task from sample 0: bool (F, 128) or (F, 11 * 128)."""
-    n = int(store.lengths[track]) // HOP if n_frames is None else n_frames
-    notes = store.notes(track)
-    if task == "transcription":
-        return track_piano_roll(notes, n)
-    return track_pitch_instrument_roll(notes, n).reshape(n, -1)
-
-
-def positive_weight(store: Store, tracks: np.ndarray, task: str, max_weight: float) -> float:
-    """``clip(n_neg / n_pos, 1, max_weight)`` over the label cells of ``tracks``."""
-    pos = total = 0
-    for t in tracks:
-        roll = frame_roll(store, int(t), task)
-        pos += int(roll.sum())
-        total += roll.size
-    return pos_weight_from_counts(pos, total, max_weight)
-
-
-def class_weight_vector(store: Store, tracks: np.ndarray, class_of_track: np.ndarray, n_classes: int,
-                        window: int) -> list[float]:
-    """Inverse-frequency weights over the training windows: ``n / (n_present * count_c)``; 1 for absent classes."""
-    windows = np.maximum(store.lengths[tracks] // window, 1)
-    counts = np.bincount(class_of_track[tracks], weights=windows, minlength=n_classes)
-    present = counts > 0
-    weights = np.ones(n_classes)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
-    return [float(w) for w in weights]
-
 
 class DownstreamData(pl.LightningDataModule):
     """Windows of the label subset for training; windows of the validation recordings for the logged loss.
