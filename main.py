@@ -7,7 +7,7 @@ The original project (CPC on MusicNet, after CPC_audio) was driven by ``python m
 
 Both still work as written. This script only parses those flags (argparse) and maps them onto jtm:
 pretraining runs :func:`jtm.training.pretrain.run_pretrain`, ``--supervised`` runs
-:func:`jtm.training.downstream.run_downstream` and then :func:`jtm.pipelines.evaluate.evaluate_run`.
+:func:`jtm.pipelines.downstream.run_downstream` and then :func:`jtm.pipelines.evaluate.evaluate_run`.
 
 Where things go
     Data: ``--pathDB`` or the ``JTM_DATA`` environment variable: a prepared store (``jtm data prepare``), or a
@@ -241,7 +241,8 @@ def _downstream_task(args: argparse.Namespace) -> str:
 def run_supervised(args: argparse.Namespace) -> dict[str, Any]:
     """A downstream run (and its test evaluation) as the flags describe; returns the test metrics."""
     from jtm.pipelines.evaluate import evaluate_run
-    from jtm.training.downstream import DownstreamConfig, run_downstream
+    from jtm.pipelines.downstream import run_downstream
+    from jtm.training.config import DownstreamConfig
 
     out = Path(args.pathCheckpoint)
     store = resolve_store(args)

@@ -16,9 +16,6 @@ KNOWN_EXCEPTIONS = {
     # The package's front door re-exports the main classes (`from jtm import CPCEncoder`), lazily.
     ("jtm/__init__.py", "jtm.models.config"), ("jtm/__init__.py", "jtm.models.cpc"),
     ("jtm/__init__.py", "jtm.models.downstream"),
-    # jtm downstream picks its frame threshold on validation inside the training run; moving that step into the
-    # evaluation layer is open work (issue 11).
-    ("jtm/training/downstream.py", "jtm.evaluation.metrics"),
 }
 
 

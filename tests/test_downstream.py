@@ -16,7 +16,8 @@ from jtm.models.downstream import (DownstreamModel, load_encoder_file, load_fron
 from jtm.models.logmel import LogMel
 from jtm.pipelines.evaluate import evaluate_run, format_metrics
 from jtm.data.tasks import task_data
-from jtm.training.downstream import DownstreamConfig, run_downstream
+from jtm.pipelines.downstream import run_downstream
+from jtm.training.config import DownstreamConfig
 
 TINY = CPCConfig(encoder_dim=32, context_dim=32, predict_steps=4, negatives=8)
 FRAME_KEYS = {"frame_ap", "frame_precision", "frame_recall", "frame_f1", "note_precision", "note_recall", "note_f1",

@@ -80,7 +80,7 @@ def downstream(
 ) -> None:
     """Train a linear or MLP probe (or fine-tune) on a task; save RUN/model with a validation-tuned threshold."""
     options = dict(locals())
-    from jtm.training.downstream import run_downstream
+    from jtm.pipelines.downstream import run_downstream
 
     cfg = config_from_options(DownstreamConfig, options, devices=parse_devices(devices))
     summary = run_downstream(cfg)

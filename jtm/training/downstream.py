@@ -8,7 +8,8 @@ Outputs of a run folder ``RUN`` (see docs/ARCHITECTURE.md, "Downstream runs"):
     RUN/logs/tensorboard/   TensorBoard events (train/loss, val/loss, and train/acc, val/acc for classification)
     RUN/logs/csv/version_N/ the same as CSV, one version per start (``jtm.training.logs.read_metrics``)
     RUN/model/              the trained model (``DownstreamModel.save_pretrained``), with the frame threshold
-                            tuned on the validation recordings for frame tasks
+                            tuned on the validation recordings for frame tasks: written by
+                            ``jtm.pipelines.downstream.run_downstream``, which trains with :func:`train_downstream`
 
 Protocol:
 - Validation recordings are a seeded hold-out of the store's training recordings, carved *before* the label
@@ -43,12 +44,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from jtm.data.labels import N_INSTRUMENTS
 from jtm.data.store import Store
-from jtm.data.tasks import TaskData, class_weight_vector, frame_roll, is_frame_task, positive_weight, task_data
+from jtm.data.tasks import TaskData, class_weight_vector, is_frame_task, positive_weight, task_data
 from jtm.data.windows import WindowBatches
 from jtm.errors import JTMError
-from jtm.evaluation.metrics import tune_threshold
 from jtm.fileio import write_json_atomic
 from jtm.hardware import usable_cpus
 from jtm.models.config import CPCConfig
@@ -212,27 +211,6 @@ def is_finished(out: str | Path) -> bool:
     return (Path(out) / "model" / "config.json").is_file()
 
 
-def tune_frame_threshold(model: DownstreamModel, store: Store, tracks: np.ndarray, cfg: DownstreamConfig) -> float:
-    """The frame threshold maximising pooled frame F1 on whole ``tracks`` (validation recordings).
-
-    For pitch-instrument the threshold applies to the pitch projection (max over instruments), the roll on
-    which frame and note P/R/F1 are reported.
-    """
-    truths, probs = [], []
-    limit = None if cfg.tune_max_seconds is None else int(cfg.tune_max_seconds * store.sample_rate)
-    for t in tracks:
-        audio = store.audio(int(t))[:limit]
-        prob = model.predict_frames(audio, cfg.window, cfg.context_frames, cfg.batch_size)
-        truth = frame_roll(store, int(t), cfg.task, len(prob))
-        if cfg.task == "pitch-instrument":
-            prob = prob.reshape(len(prob), N_INSTRUMENTS, -1).max(axis=1)
-            truth = truth.reshape(len(truth), N_INSTRUMENTS, -1).any(axis=1)
-        truths.append(truth)
-        probs.append(prob)
-    truth, prob = np.concatenate(truths), np.concatenate(probs)
-    return tune_threshold(truth, prob) if truth.any() else 0.5
-
-
 def _quiet_lightning() -> None:
     # The study trains dozens of small models; Lightning's per-run banners would drown its progress lines.
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
@@ -248,17 +226,46 @@ _EXPECTED_WARNINGS = (".*IterableDataset.*has `__len__` defined.*", ".*LeafSpec.
                       ".*smaller than the logging interval.*")
 
 
-def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
-    """Train (or resume, or skip when finished) a downstream run; save ``RUN/model``. Returns a summary."""
+def resolve_config(cfg: DownstreamConfig) -> DownstreamConfig:
+    """``cfg`` validated, with an absolute store path and ``model`` filled in for random/supervised front ends."""
     cfg.validate()
     # An absolute store path lets `jtm evaluate` find the store from any working directory.
-    cfg = resolve_architecture(dataclasses.replace(cfg, data=str(Path(cfg.data).resolve())))
-    out = Path(cfg.out)
+    return resolve_architecture(dataclasses.replace(cfg, data=str(Path(cfg.data).resolve())))
+
+
+def finished_summary(cfg: DownstreamConfig) -> dict[str, Any] | None:
+    """The summary of a run folder that already holds this run, finished (None when there is training to do),
+    after refusing one trained with another configuration. ``cfg`` as :func:`resolve_config` returns it."""
     previous = _check_run_folder(cfg)
     finished = previous is not None and (previous.get("epochs"), previous.get("steps")) == (cfg.epochs, cfg.steps)
-    if finished and is_finished(out):
-        model_cfg = read_downstream_config(out / "model")
-        return {"out": str(out), "skipped": True, "threshold": model_cfg.get("threshold")}
+    if finished and is_finished(cfg.out):
+        model_cfg = read_downstream_config(Path(cfg.out) / "model")
+        return {"out": str(Path(cfg.out)), "skipped": True, "threshold": model_cfg.get("threshold")}
+    return None
+
+
+@dataclasses.dataclass
+class TrainedDownstream:
+    """A finished training run, before its model is saved: what the pipeline needs to tune and save it."""
+
+    cfg: DownstreamConfig
+    store: Store
+    data: TaskData
+    model: DownstreamModel
+    """The trained model (the best checkpoint's weights with ``--steps``), on the CPU in eval mode."""
+    is_global_zero: bool
+    """Whether this process writes the run's files (always, but under DDP only rank 0)."""
+    summary: dict[str, Any]
+    """pos_weight, steps, n_train_tracks, n_val_tracks and the last logged metrics."""
+
+
+def train_downstream(cfg: DownstreamConfig) -> TrainedDownstream:
+    """Train (or resume) a downstream run as configured; ``cfg`` as :func:`resolve_config` returns it.
+
+    Writes ``RUN/run.json``, ``RUN/splits.json``, checkpoints and logs; saving ``RUN/model`` (with the frame
+    threshold tuned on validation) is the caller's job: ``jtm.pipelines.downstream.run_downstream``.
+    """
+    out = Path(cfg.out)
     torch.set_num_threads(cfg.threads or usable_cpus())
     if not cfg.progress:
         _quiet_lightning()
@@ -319,20 +326,10 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message=message)
         trainer.fit(module, datamodule=DownstreamData(cfg, store, data), ckpt_path=resume, weights_only=True)
 
-    threshold = None
     if best is not None and best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
-    if trainer.is_global_zero:
-        model = module.model.cpu().eval()
-        if model.is_frame_task:
-            # Tune on validation recordings; with no hold-out (a single training recording) fall back to the
-            # training subset, which flatters the threshold but keeps the run usable.
-            tune_tracks = data.splits.val if len(data.splits.val) else data.splits.train
-            threshold = tune_frame_threshold(model, store, tune_tracks, cfg)
-            model.threshold = threshold
-        model.save_pretrained(out / "model")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
-    return {"out": str(out), "skipped": False, "threshold": threshold, "pos_weight": pos_weight,
-            "steps": int(trainer.global_step),
-            "n_train_tracks": int(len(data.splits.train)), "n_val_tracks": int(len(data.splits.val)), **metrics}
+    summary = {"pos_weight": pos_weight, "steps": int(trainer.global_step),
+               "n_train_tracks": int(len(data.splits.train)), "n_val_tracks": int(len(data.splits.val)), **metrics}
+    return TrainedDownstream(cfg, store, data, module.model.cpu().eval(), trainer.is_global_zero, summary)
