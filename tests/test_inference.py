@@ -157,3 +157,28 @@ def test_transcription_gives_the_frame_probabilities_evaluation_gives(prepared_s
     # ... so the transcribed notes are the evaluation's estimated notes.
     result = transcribe_file(tr, path, tmp_path / "out")
     assert result.n_notes == len(roll_to_notes(evaluated, 0.5, FRAME_RATE, min_frames=MIN_NOTE_FRAMES)) > 0
+
+
+@pytest.mark.parametrize("min_block", [1, 7, 64, 10_000])
+def test_a_second_stage_with_its_receptive_field_as_context_equals_one_pass(min_block: int) -> None:
+    """run_with_context: a stack of zero-padded convolutions over a stream of frame blocks gives its outputs on
+    the whole sequence at once, with the stream's ends padded as the convolutions pad them; one frame less of
+    context than the receptive field is not exact."""
+    from jtm.models.inference import run_with_context
+
+    torch.manual_seed(0)
+    stage = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 5, padding=2), torch.nn.Tanh(), torch.nn.Conv1d(4, 2, 3, padding=1))
+
+    def frames_fn(x: torch.Tensor) -> torch.Tensor:  # (1, n, 3) -> (1, n, 2); receptive field 3 frames a side
+        return stage(x.transpose(1, 2)).transpose(1, 2)
+
+    x = np.random.default_rng(0).standard_normal((301, 3)).astype(np.float32)
+    with torch.no_grad():
+        whole = frames_fn(torch.from_numpy(x)[None])[0].numpy()
+    blocks = [(s, x[s:s + 23]) for s in range(0, len(x), 23)]
+    out = list(run_with_context(iter(blocks), frames_fn, 3, min_block=min_block))
+    assert [f for f, _ in out] == list(np.cumsum([0] + [len(o) for _, o in out[:-1]]))
+    np.testing.assert_allclose(np.concatenate([o for _, o in out]), whole, atol=1e-6)
+    if min_block < len(x):
+        short = np.concatenate([o for _, o in run_with_context(iter(blocks), frames_fn, 2, min_block=min_block)])
+        assert not np.allclose(short, whole, atol=1e-6)

@@ -111,3 +111,73 @@ def test_a_hostile_note_head_config_is_refused_before_allocating(tmp_path) -> No
     (tmp_path / "head" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelFileError, match="config.json.*too large"):
         NoteHead.from_pretrained(tmp_path / "head")
+
+
+# ------------------------------------------------------------------------------- the note transcriber
+
+
+def _transcriber(frontend: str, features: str = "context", context: str = "conv"):
+    from jtm.models.config import CPCConfig
+    from jtm.models.cpc import CPCEncoder
+    from jtm.models.logmel import LogMel, LogMelConfig
+    from jtm.models.note_transcriber import NoteThresholds, NoteTranscriber
+
+    torch.manual_seed(0)
+    front = (LogMel(LogMelConfig(n_mels=16, normalize=False)) if frontend == "logmel"
+             else CPCEncoder(CPCConfig(encoder_dim=12, context_dim=8)))
+    width = 16 if frontend == "logmel" else {"context": 8, "encoder": 12, "both": 20}[features]
+    head = NoteHead(in_dim=width, hidden=8, context=context, layers=2, kernel=5)
+    return NoteTranscriber(front, head, features, NoteThresholds(onset=0.4, sustain=0.3, frame=0.45)).eval()
+
+
+@pytest.mark.parametrize("frontend,features", [("cpc", "context"), ("cpc", "encoder"), ("cpc", "both"),
+                                               ("logmel", "encoder")])
+def test_streamed_probabilities_equal_one_pass_over_the_whole_recording(frontend: str, features: str) -> None:
+    """Chunked front end (margin, carried recurrent state) then the head with its receptive field on each side:
+    the same onset and frame probabilities as one pass, from small chunks up to one chunk for all."""
+    from jtm.models.inference import Chunking
+
+    model = _transcriber(frontend, features)
+    audio = (np.random.default_rng(1).standard_normal(160 * 437 + 33) * 0.3).astype(np.float32)
+    onset, frame = model.probabilities(torch.from_numpy(audio)[None])
+    assert onset.shape == frame.shape == (1, 437, 128)
+    for core, batch in ((37, 3), (200, 1), (1000, 2)):
+        margin = model.feature_functions()[2]
+        chunking = Chunking(core=core, left=margin, right=margin, batch_size=batch, pad_end=False)
+        parts = list(model.stream(audio, chunking))
+        assert [p[0] for p in parts] == sorted(p[0] for p in parts)
+        np.testing.assert_allclose(np.concatenate([p[1] for p in parts]), onset[0].numpy(), atol=2e-5)
+        np.testing.assert_allclose(np.concatenate([p[2] for p in parts]), frame[0].numpy(), atol=2e-5)
+
+
+def test_the_note_transcriber_folder_round_trips_and_refuses_bad_files(tmp_path) -> None:
+    from jtm.models.note_transcriber import NoteTranscriber
+
+    model = _transcriber("cpc", "both")
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["format"] == "jtm-note-transcriber" and config["config"]["features"] == "both"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = NoteTranscriber.from_pretrained(tmp_path / "m")
+    assert (loaded.thresholds.onset, loaded.thresholds.sustain, loaded.thresholds.frame) == (0.4, 0.3, 0.45)
+    wave = torch.randn(2, 160 * 50)
+    for a, b in zip(loaded.probabilities(wave), model.probabilities(wave)):
+        torch.testing.assert_close(a, b)
+        assert a.shape == (2, 50, 128)
+
+    def refused(change, match: str) -> None:
+        bad = json.loads(json.dumps(config))
+        change(bad["config"])
+        (tmp_path / "m" / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ModelFileError, match=match):
+            NoteTranscriber.from_pretrained(tmp_path / "m")
+
+    refused(lambda c: c["head"].update(hidden=10**9), "config.json.*hidden")
+    refused(lambda c: c["head"].update(in_dim=7), "config.json.*7")
+    refused(lambda c: c.update(extra=1), "unknown key 'extra'")
+    refused(lambda c: c["thresholds"].update(onset=2.0), "config.json.*onset")
+    refused(lambda c: c["frontend"].update(kind="wav2vec"), "wav2vec")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\x80\x04 a pickle, not safetensors")
+    with pytest.raises(ModelFileError, match="model.safetensors"):
+        NoteTranscriber.from_pretrained(tmp_path / "m")

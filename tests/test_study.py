@@ -523,23 +523,35 @@ def test_note_selection_and_thresholds_never_read_a_test_recording(note_study: N
     assert len(note_study.tuned_after_test_read) == 3 * SEEDS and not any(note_study.tuned_after_test_read)
 
 
-def test_the_exported_note_head_reproduces_the_test_scores(note_study: NoteStudy) -> None:
-    from jtm.evaluation.metrics import frame_average_precision
+def test_the_notes_cell_model_is_a_note_transcriber_that_reproduces_the_test_scores(note_study: NoteStudy) -> None:
+    """CELL/model holds front end, head and thresholds: loaded alone, it gives the probabilities the study scored
+    (its cached features through the head) and, scored with its saved thresholds, the study's test metrics."""
     from jtm.models.note_head import NoteHead
+    from jtm.models.note_transcriber import NoteTranscriber
+    from jtm.pipelines.evaluate import score_notes
 
     store, cell = note_study.store, note_study.out / "notes" / "cpc-note" / "f1.0" / "seed1"
-    head, extra = NoteHead.from_pretrained(cell / "model")
-    assert extra["task"] == "notes" and extra["frontend"]["layer"] == "context"
-    assert set(extra["thresholds"]) == {"onset", "frame"} and not (cell / "run.json").exists()
+    model = NoteTranscriber.from_pretrained(cell / "model")
+    result = json.loads((cell / "cell.json").read_text())["result"]
+    thresholds = model.thresholds
+    assert (thresholds.onset, thresholds.sustain, thresholds.frame) == (
+        result["onset_threshold"], result["sustain_threshold"], result["threshold"])
+    assert model.features_from == "context" and not (cell / "run.json").exists()
     encoder = CPCEncoder.from_pretrained(Path(note_study.cfg.pretrained) / "encoder")
-    truths, probs = [], []
-    for t in store.indices("test"):
-        feats = torch.from_numpy(encoder.embed(store.audio(int(t)), store.sample_rate, layer="context"))
-        probs.append(head.probabilities(feats[None])[1][0].numpy())
-        truths.append(frame_roll(store, int(t), "transcription", len(feats)))
-    metrics = json.loads((cell / "metrics.json").read_text())
-    ap = frame_average_precision(np.concatenate(truths), np.concatenate(probs))
-    assert ap == pytest.approx(metrics["frame_ap"], abs=2e-3)
+    assert all(torch.equal(a, b) for a, b in zip(model.frontend.state_dict().values(), encoder.state_dict().values()))
+    test = store.indices("test")
+    outputs = [model.predict(store.audio(int(t))) for t in test]
+    cache = next(p for p in (note_study.out / "cache").iterdir() if (p / "frontend.json").is_file()
+                 and json.loads((p / "frontend.json").read_text())["name"] == "pretrained")
+    ids = store.tracks["id"].astype(str).to_numpy()
+    for t, (onset, frame) in zip(test, outputs):
+        cached = torch.from_numpy(np.load(cache / f"{ids[t]}.npy"))[None]
+        head_onset, head_frame = NoteHead.probabilities(model.head, cached)
+        np.testing.assert_allclose(onset, head_onset[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(frame, head_frame[0].numpy(), atol=1e-5)
+    metrics = score_notes(store, test, outputs, thresholds.frame, thresholds.sustain, thresholds.onset)
+    for key in ("frame_ap", "onset_ap", "frame_f1", "note_f1", "note_offset_f1"):
+        assert metrics[key] == pytest.approx(result["metrics"][key], abs=1e-3), key
 
 
 def test_adding_the_notes_task_leaves_the_other_tasks_unchanged(note_study: NoteStudy, tmp_path: Path) -> None:

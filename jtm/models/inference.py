@@ -221,3 +221,42 @@ def run_array(audio: np.ndarray, frames_fn: FramesFn, chunking: Chunking, dim: i
     for first, frames in run_chunked(audio, frames_fn, chunking, step_fn=step_fn):
         out[first:first + len(frames)] = frames
     return out
+
+
+def run_with_context(frames: Iterable[tuple[int, np.ndarray]], frames_fn: Callable[[Tensor], Tensor], context: int,
+                     min_block: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+    """A second stage over a stream of frames (``(first_frame, (n, D))`` blocks in order, as :func:`run_chunked`
+    yields them), for a stage that sees ``context`` frames on each side, such as 1-D convolutions over time.
+
+    ``frames_fn(x (1, n, D)) -> (1, n, D')`` runs on a window of the stream holding ``context`` frames beyond
+    the outputs it keeps on each side, except at the stream's two ends, where it sees the edge itself; so a
+    stage whose receptive field is at most ``context`` frames, and which pads the ends of its input with zeros
+    (``Conv1d(padding=...)``), gives exactly its outputs on the whole stream at once. Yields
+    ``(first_frame, (n, D'))`` in order, tiling the stream. Memory: one input block plus ``2 context +
+    min_block`` frames.
+    """
+    if context < 0 or min_block < 1:
+        raise ValueError(f"need context >= 0 and min_block >= 1, got {context}, {min_block}")
+    held: np.ndarray | None = None  # the frames [held_start, held_start + len(held)) of the stream
+    held_start = done = 0  # done: the first frame not yet output
+
+    def outputs(stop: int) -> np.ndarray:
+        assert held is not None
+        with torch.inference_mode():
+            out = frames_fn(torch.from_numpy(np.ascontiguousarray(held))[None])
+        return out[0, done - held_start:stop - held_start].detach().float().cpu().numpy()
+
+    for first, block in frames:
+        block = np.asarray(block, dtype=np.float32)
+        if held is None:
+            held, held_start = block, first
+        else:
+            held = np.concatenate([held, block])
+        ready = held_start + len(held) - context  # outputs before this frame see all their context
+        if ready - done >= min_block:
+            yield done, outputs(ready)
+            done = ready
+            keep_from = max(held_start, done - context)
+            held, held_start = held[keep_from - held_start:], keep_from
+    if held is not None and held_start + len(held) > done:
+        yield done, outputs(held_start + len(held))

@@ -105,6 +105,13 @@ class NoteHead(nn.Module):
         self.frame_context = self._context()
         self.frame_out = nn.Linear(hidden + n_pitches, n_pitches)
 
+    @property
+    def receptive_field(self) -> int | None:
+        """Frames each output sees on each side of its own (``layers * (kernel - 1) / 2`` for the conv context;
+        None for the GRU, which sees the whole input)."""
+        c = self.config
+        return None if c["context"] == "gru" else c["layers"] * (c["kernel"] // 2)
+
     def _context(self) -> nn.Module:
         c = self.config
         if c["context"] == "gru":

@@ -32,6 +32,7 @@ from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import DownstreamModel, window_starts
 from jtm.models.logmel import LogMel
 from jtm.models.note_head import NoteHead
+from jtm.models.note_transcriber import NoteTranscriber
 from jtm.models.probes import build_probe
 from jtm.pipelines.features import FeatureCache
 
@@ -240,9 +241,14 @@ class FrozenNoteHead(FrozenProbe):
             out.append((onset[0].numpy(), frame[0].numpy()))
         return out
 
-    def export(self, model: nn.Module) -> NoteHead:
-        """The head on raw (unstandardised) features of its front end."""
-        return model.fold_standardisation(torch.from_numpy(self.mean), torch.from_numpy(self.std))
+    def export(self, model: nn.Module) -> NoteTranscriber:
+        """A :class:`NoteTranscriber`: the front end whose features the head read, and the head on its raw
+        (unstandardised) features; the caller sets the thresholds chosen on validation."""
+        head = model.fold_standardisation(torch.from_numpy(self.mean), torch.from_numpy(self.std))
+        frontend = self.cache.frontend
+        if isinstance(frontend, LogMel):
+            frontend = LogMel(dataclasses.replace(frontend.config, normalize=False))
+        return NoteTranscriber(frontend, head, self.cache.layer).eval()
 
 
 class EndToEnd:

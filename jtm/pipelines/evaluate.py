@@ -43,17 +43,18 @@ import pandas as pd
 
 from jtm.audio import FRAME_RATE, HOP
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS
-from jtm.data.labels import N_INSTRUMENTS
+from jtm.data.labels import N_INSTRUMENTS, track_onset_roll
 from jtm.data.store import Store
 from jtm.data.tasks import frame_roll, task_data
 from jtm.errors import JTMError
 from jtm.evaluation.metrics import (classification_metrics, frame_average_precision, frame_prf, note_prf,
-                                    per_instrument_ap)
-from jtm.evaluation.notes import MIN_NOTE_FRAMES, NoteList, make_notes, roll_to_notes
+                                    note_task_metrics, per_instrument_ap)
+from jtm.evaluation.notes import MIN_NOTE_FRAMES, NoteList, decode_notes, make_notes, roll_to_notes
 from jtm.evaluation.plots import plot_confusion, plot_piano_roll
 from jtm.fileio import atomic_path, load_json, write_json_atomic, write_text_atomic
 from jtm.models.downstream import DownstreamModel
 from jtm.models.inference import Chunking
+from jtm.pipelines.arms import ONSET_WIDTH
 from jtm.training.config import DownstreamConfig
 
 _NOTE_GAP_SECONDS = 10.0
@@ -186,6 +187,50 @@ def score_frames(store: Store, tracks: np.ndarray, task: str, probs: list[np.nda
         metrics["mean_instrument_ap"] = float(np.mean(present)) if present else float("nan")
         metrics["ap_per_instrument"] = per_inst
     metrics["per_track"] = per_track
+    return metrics
+
+
+NOTE_GAP_FRAMES = 1000
+"""Silent frames laid between recordings when the notes task pools them, so no note matches across recordings."""
+
+
+def pool_recordings(store: Store, tracks: np.ndarray, outputs: list[Any]) -> dict[str, Any]:
+    """Recordings laid end to end with ``NOTE_GAP_FRAMES`` of silence between them: ``ref`` (NoteList),
+    ``truth`` and ``onset_truth`` bool (N, 128), ``frame`` and ``onset`` (N, 128) probabilities (``onset`` None
+    for a frame-wise model), where ``outputs[i]`` is (onset, frame) or frame probabilities of ``tracks[i]``."""
+    parts: dict[str, list[Any]] = {"truth": [], "onset_truth": [], "frame": [], "onset": []}
+    refs, offset = [], 0
+    for t, out in zip(tracks, outputs):
+        onset, frame = out if isinstance(out, tuple) else (None, out)
+        n = len(frame)
+        refs.append((offset / FRAME_RATE, reference_notes(store, int(t), n)))
+        gap = np.zeros((NOTE_GAP_FRAMES, frame.shape[1]), dtype=np.float32)
+        parts["truth"] += [frame_roll(store, int(t), "transcription", n), gap.astype(bool)]
+        parts["onset_truth"] += [track_onset_roll(store.notes(int(t)), n, ONSET_WIDTH), gap.astype(bool)]
+        parts["frame"] += [frame, gap]
+        parts["onset"] += [onset, gap]
+        offset += n + NOTE_GAP_FRAMES
+    pooled = {k: np.concatenate(v) if v and v[0] is not None else None for k, v in parts.items()}
+    pooled["ref"] = concat_notes(refs)
+    return pooled
+
+
+def score_notes(store: Store, tracks: np.ndarray, outputs: list[Any], frame_threshold: float,
+                sustain_threshold: float, onset_threshold: float | None) -> dict[str, Any]:
+    """The notes task's scores of whole recordings (pooled by :func:`pool_recordings`): frame P/R/F1 at
+    ``frame_threshold``, frame AP, onset AP, note F1 onset-only and with offsets
+    (:func:`jtm.evaluation.metrics.note_task_metrics`). ``outputs[i]`` is (onset, frame) of a note model, decoded
+    from onsets (:func:`decode_notes`, ``onset_threshold`` and ``sustain_threshold``), or the frame probabilities
+    of a frame-wise model, decoded from frames at ``sustain_threshold`` (``onset_threshold`` None)."""
+    pooled = pool_recordings(store, tracks, outputs)
+    if onset_threshold is None:
+        est = roll_to_notes(pooled["frame"], sustain_threshold, FRAME_RATE, min_frames=MIN_NOTE_FRAMES)
+    else:
+        est = decode_notes(pooled["onset"], pooled["frame"], float(onset_threshold), sustain_threshold, FRAME_RATE)
+    metrics: dict[str, Any] = note_task_metrics(pooled["truth"], pooled["frame"], frame_threshold, pooled["ref"],
+                                                est, pooled["onset_truth"], pooled["onset"], FRAME_RATE)
+    metrics.update(threshold=frame_threshold, onset_threshold=onset_threshold, sustain_threshold=sustain_threshold,
+                   decoding="onsets" if onset_threshold is not None else "frames")
     return metrics
 
 

@@ -38,7 +38,9 @@ frame AP and onset AP.
 Layout: ``DIR/study.json`` (the configuration), ``DIR/environment.json``, ``DIR/cache/`` (features),
 ``DIR/<task>/<method>/f<fraction>/seed<k>/`` a cell: ``cell.json`` (its configuration, the validation score of
 every learning rate tried, the selection curve and the test metrics), ``metrics.json`` and ``model/`` (a
-:class:`DownstreamModel`, usable by ``jtm transcribe``/``jtm evaluate``), ``run.json``/``splits.json``.
+:class:`DownstreamModel`, or for a note head a self-contained :class:`~jtm.models.note_transcriber.NoteTranscriber`
+with its front end and decoding thresholds; either usable by ``jtm transcribe``/``jtm evaluate``),
+``run.json`` (not for note heads)/``splits.json``.
 ``DIR/results.csv`` has one row per cell, ``DIR/summary.csv`` one per (task, method, fraction) plus the chance
 rows, ``DIR/label_efficiency_<task>.png`` the plot with its bands. A finished cell is reused on a re-run only
 when its configuration is unchanged; a changed one is refused (delete the cell to recompute it).
@@ -57,9 +59,7 @@ from jtm.audio import FRAME_RATE
 from jtm.data.store import Store
 from jtm.data.tasks import frame_roll, is_frame_task, labelled_tracks, positive_weight, task_data
 from jtm.errors import JTMError
-from jtm.data.labels import track_onset_roll
-from jtm.evaluation.metrics import note_task_metrics, ranking_average_precision, tune_note_thresholds, tune_threshold
-from jtm.evaluation.notes import MIN_NOTE_FRAMES, NoteList, decode_notes, roll_to_notes
+from jtm.evaluation.metrics import ranking_average_precision, tune_note_thresholds, tune_threshold
 from jtm.evaluation.plots import plot_label_efficiency
 from jtm.evaluation.stats import chance_row, summarize_results
 from jtm.fileio import atomic_path, folder_lock, load_json, write_json_atomic
@@ -67,11 +67,11 @@ from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import load_frontend_source
 from jtm.models.logmel import LogMel
-from jtm.models.note_head import NoteHead
+from jtm.models.note_transcriber import NoteThresholds, NoteTranscriber
 from jtm.pipelines.arms import (NOTE_HEAD, ONSET_MAX_POS_WEIGHT, ONSET_WIDTH, EndToEnd, FrozenNoteHead, FrozenProbe,
                                 TaskView, frame_limit)
-from jtm.pipelines.evaluate import (concat_notes, headline_metric, json_safe, reference_notes, score_classification,
-                                    score_frames, track_labels)
+from jtm.pipelines.evaluate import (headline_metric, json_safe, pool_recordings, score_classification, score_frames,
+                                    score_notes, track_labels)
 from jtm.pipelines.features import FeatureCache
 from jtm.training.config import DownstreamConfig
 from jtm.pipelines.study_config import METHODS, NOTE_TASK, StudyConfig
@@ -194,7 +194,7 @@ def run_cell(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, fract
     assert best is not None
     lr, selected, model = best
     result = _score_cell(cfg, arm, model, view, cell, lr, selected, tried, val_truth, task)
-    if not isinstance(arm, FrozenNoteHead):  # a note head is no downstream run (model/ holds the head alone)
+    if not isinstance(arm, FrozenNoteHead):  # a note transcriber is no downstream run: its model/ stands alone
         run = _downstream_config(cfg, view, cell, lr, method, fraction, cfg.seed + repeat)
         write_json_atomic(cell / "run.json", run.to_dict())
     return result
@@ -232,11 +232,12 @@ def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Pa
             metrics_heldout = score_classification(view.store, test_heldout, view.task, view.data.classes or [],
                                                    outputs)
     exported = arm.export(model)
-    if isinstance(exported, NoteHead):
-        exported.save_pretrained(cell / "model", _note_head_extra(arm, onset_threshold, sustain_threshold))
+    if isinstance(exported, NoteTranscriber):
+        exported.thresholds = NoteThresholds(onset=float(onset_threshold), sustain=float(sustain_threshold),
+                                             frame=float(threshold))
     else:
         exported.threshold = threshold
-        exported.save_pretrained(cell / "model")
+    exported.save_pretrained(cell / "model")
     ids = view.store.tracks["id"].astype(str).to_numpy()
     splits = view.data.splits
     lists = {k: ids[getattr(splits, k)].tolist() for k in ("train", "train_pool", "val")}
@@ -258,38 +259,6 @@ NOTE_METRICS = ("frame_f1", "note_f1", "note_offset_f1", "frame_ap", "onset_ap")
 HELDOUT_HEADLINE = "heldout_timbre_headline"
 """results.csv column: the headline metric on the held-out-timbre test recordings (when the store has them)."""
 
-GAP_FRAMES = 1000
-"""Silent frames laid between recordings when their notes are pooled, so no note matches across recordings."""
-
-
-def _pooled(store: Store, tracks: np.ndarray, outputs: list[Any]) -> dict[str, Any]:
-    """Recordings laid end to end with ``GAP_FRAMES`` of silence between them: ``ref`` (NoteList), ``truth`` and
-    ``onset_truth`` bool (N, 128), ``frame`` and ``onset`` (N, 128) probabilities (``onset`` None for a
-    frame-wise probe), where ``outputs[i]`` is (onset, frame) or frame probabilities of ``tracks[i]``."""
-    parts: dict[str, list[Any]] = {"truth": [], "onset_truth": [], "frame": [], "onset": []}
-    refs, offset = [], 0
-    for t, out in zip(tracks, outputs):
-        onset, frame = out if isinstance(out, tuple) else (None, out)
-        n = len(frame)
-        refs.append((offset / FRAME_RATE, reference_notes(store, int(t), n)))
-        gap = np.zeros((GAP_FRAMES, frame.shape[1]), dtype=np.float32)
-        parts["truth"] += [frame_roll(store, int(t), "transcription", n), gap.astype(bool)]
-        parts["onset_truth"] += [track_onset_roll(store.notes(int(t)), n, ONSET_WIDTH), gap.astype(bool)]
-        parts["frame"] += [frame, gap]
-        parts["onset"] += [onset, gap]
-        offset += n + GAP_FRAMES
-    pooled = {k: np.concatenate(v) if v and v[0] is not None else None for k, v in parts.items()}
-    pooled["ref"] = concat_notes(refs)
-    return pooled
-
-
-def _decode(pooled: dict[str, Any], frame_threshold: float, onset_threshold: float | None) -> NoteList:
-    """Notes from onsets (a note head) or from frames alone (a frame-wise probe, as ``jtm evaluate`` does)."""
-    if onset_threshold is None:
-        return roll_to_notes(pooled["frame"], frame_threshold, FRAME_RATE, min_frames=MIN_NOTE_FRAMES)
-    return decode_notes(pooled["onset"], pooled["frame"], float(onset_threshold), frame_threshold, FRAME_RATE)
-
-
 def _score_notes(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, val_truth: list[np.ndarray],
                  test_sets: Sequence[np.ndarray]) -> list[dict[str, Any]]:
     """The notes task's scores on each set of test recordings in ``test_sets``. Every threshold comes from the
@@ -298,7 +267,7 @@ def _score_notes(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, val_tru
     F1 with offsets). The test recordings are predicted only once all are fixed."""
     store, val = view.store, view.data.splits.val
     val_out = arm.predict(model, val, cfg.max_val_seconds)
-    val_pooled = _pooled(store, val, val_out)
+    val_pooled = pool_recordings(store, val, val_out)
     frame_truth = np.concatenate([t[:, :128] for t in val_truth])
     val_frames = np.concatenate([o[1] if isinstance(o, tuple) else o for o in val_out])
     frame_threshold = sustain_threshold = tune_threshold(frame_truth, val_frames)
@@ -306,28 +275,8 @@ def _score_notes(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, val_tru
     if val_pooled["onset"] is not None:
         onset_threshold, sustain_threshold = tune_note_thresholds(val_pooled["ref"], val_pooled["onset"],
                                                                   val_pooled["frame"], frame_rate=FRAME_RATE)
-    scores = []
-    for tracks in test_sets:
-        test = _pooled(store, tracks, arm.predict(model, tracks, cfg.max_eval_seconds))
-        est = _decode(test, sustain_threshold, onset_threshold)
-        metrics: dict[str, Any] = note_task_metrics(test["truth"], test["frame"], frame_threshold, test["ref"], est,
-                                                    test["onset_truth"], test["onset"], FRAME_RATE)
-        metrics.update(threshold=frame_threshold, onset_threshold=onset_threshold,
-                       sustain_threshold=sustain_threshold,
-                       decoding="onsets" if onset_threshold is not None else "frames")
-        scores.append(metrics)
-    return scores
-
-
-def _note_head_extra(arm: FrozenNoteHead, onset_threshold: float | None, frame_threshold: float | None
-                     ) -> dict[str, Any]:
-    """What ``model/config.json`` of a note head records besides its architecture: the task, the decoding
-    thresholds chosen on validation, and the front end whose raw features it reads."""
-    front = arm.cache.frontend
-    return {"task": NOTE_TASK, "frame_rate": FRAME_RATE,
-            "thresholds": {"onset": onset_threshold, "frame": frame_threshold},
-            "frontend": {"kind": type(front).__name__, "layer": arm.cache.layer, "config": front.config.to_dict(),
-                         "features_key": arm.cache.dir.name}}
+    return [score_notes(store, tracks, arm.predict(model, tracks, cfg.max_eval_seconds), frame_threshold,
+                        sustain_threshold, onset_threshold) for tracks in test_sets]
 
 
 def _downstream_config(cfg: StudyConfig, view: TaskView, cell: Path, lr: float, method_name: str, fraction: float,
