@@ -32,8 +32,6 @@ Protocol:
 from __future__ import annotations
 
 import dataclasses
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +39,20 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from jtm.data.store import Store
 from jtm.data.tasks import TaskData, class_weight_vector, is_frame_task, positive_weight, task_data
 from jtm.data.windows import WindowBatches
 from jtm.errors import JTMError
-from jtm.fileio import write_json_atomic
-from jtm.hardware import usable_cpus
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import DownstreamModel, load_frontend_source, read_downstream_config
 from jtm.models.logmel import LogMel
 from jtm.training.callbacks import SetEpoch
-from jtm.training.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
 from jtm.training.config import DownstreamConfig  # torch-free, so the CLI reads its defaults
-from jtm.training.runs import refuse_changed_config
+from jtm.training.harness import (KeepsRNGState, check_run_folder, epoch_checkpoints, fit, logged_metrics,
+                                  make_trainer, start_process)
 
 class DownstreamData(pl.LightningDataModule):
     """Windows of the label subset for training; windows of the validation recordings for the logged loss.
@@ -113,7 +108,7 @@ class DownstreamData(pl.LightningDataModule):
 # ------------------------------------------------------------------------------------------- module
 
 
-class DownstreamModule(pl.LightningModule):
+class DownstreamModule(KeepsRNGState, pl.LightningModule):
     """Binds a :class:`DownstreamModel` to its loss and optimiser."""
 
     def __init__(self, model: DownstreamModel, *, lr: float, frontend_lr: float, weight_decay: float,
@@ -161,13 +156,6 @@ class DownstreamModule(pl.LightningModule):
             groups.append({"params": frontend, "lr": hp.frontend_lr})
         return torch.optim.Adam(groups, betas=(hp.beta1, hp.beta2), eps=hp.eps, weight_decay=hp.weight_decay)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Dropout (MLP probe, context network) draws from the global RNG; keep it so a resume continues it.
-        checkpoint["torch_rng_state"] = torch.get_rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "torch_rng_state" in checkpoint:
-            torch.set_rng_state(checkpoint["torch_rng_state"])
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -201,29 +189,9 @@ def build_model(cfg: DownstreamConfig, classes: list[str] | None) -> DownstreamM
     return model.train()
 
 
-def _check_run_folder(cfg: DownstreamConfig) -> dict[str, Any] | None:
-    """The previous run.json, after refusing to resume a run folder trained with another configuration."""
-    return refuse_changed_config(Path(cfg.out) / "run.json", cfg.to_dict(), DownstreamConfig.RESUMABLE_CHANGES)
-
-
 def is_finished(out: str | Path) -> bool:
     """A downstream run whose model has been saved (training and threshold tuning done)."""
     return (Path(out) / "model" / "config.json").is_file()
-
-
-def _quiet_lightning() -> None:
-    # The study trains dozens of small models; Lightning's per-run banners would drown its progress lines.
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-# Warnings Lightning raises on every run that say nothing about this one: the window datasets know their length
-# exactly (they are never split across loader workers), and the loaders run in the main process on purpose.
-# A frozen front end is in eval mode on purpose (DownstreamModel.train keeps it there), and tiny smoke runs
-# have fewer batches than the logging interval.
-_EXPECTED_WARNINGS = (".*IterableDataset.*has `__len__` defined.*", ".*LeafSpec.*", ".*does not have many workers.*",
-                      ".*module\\(s\\) in eval mode at the start of training.*",
-                      ".*smaller than the logging interval.*")
 
 
 def resolve_config(cfg: DownstreamConfig) -> DownstreamConfig:
@@ -236,12 +204,29 @@ def resolve_config(cfg: DownstreamConfig) -> DownstreamConfig:
 def finished_summary(cfg: DownstreamConfig) -> dict[str, Any] | None:
     """The summary of a run folder that already holds this run, finished (None when there is training to do),
     after refusing one trained with another configuration. ``cfg`` as :func:`resolve_config` returns it."""
-    previous = _check_run_folder(cfg)
+    previous = check_run_folder(cfg)
     finished = previous is not None and (previous.get("epochs"), previous.get("steps")) == (cfg.epochs, cfg.steps)
     if finished and is_finished(cfg.out):
         model_cfg = read_downstream_config(Path(cfg.out) / "model")
         return {"out": str(Path(cfg.out)), "skipped": True, "threshold": model_cfg.get("threshold")}
     return None
+
+
+def build_module(cfg: DownstreamConfig, model: DownstreamModel, store: Store, data: TaskData) -> DownstreamModule:
+    """``model`` bound to its loss (positive or class weights from the training recordings) and optimiser."""
+    pos_weight = None
+    class_weights = None
+    if model.is_frame_task:
+        pos_weight = cfg.pos_weight if cfg.pos_weight is not None else positive_weight(
+            store, data.splits.train, cfg.task, cfg.max_pos_weight)
+    elif cfg.class_weights:
+        assert data.class_of_track is not None and data.classes is not None
+        class_weights = class_weight_vector(store, data.splits.train, data.class_of_track, len(data.classes),
+                                            cfg.window)
+    frontend_lr = cfg.frontend_lr if cfg.frontend_lr is not None else (cfg.lr * 0.1 if cfg.finetune else cfg.lr)
+    return DownstreamModule(model, lr=cfg.lr, frontend_lr=frontend_lr, weight_decay=cfg.weight_decay,
+                            beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps, pos_weight=pos_weight,
+                            class_weights=class_weights, class_of_track=data.class_of_track)
 
 
 @dataclasses.dataclass
@@ -266,31 +251,12 @@ def train_downstream(cfg: DownstreamConfig) -> TrainedDownstream:
     threshold tuned on validation) is the caller's job: ``jtm.pipelines.downstream.run_downstream``.
     """
     out = Path(cfg.out)
-    torch.set_num_threads(cfg.threads or usable_cpus())
-    if not cfg.progress:
-        _quiet_lightning()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    start_process(cfg.threads, cfg.seed, quiet=not cfg.progress)
     store = Store.open(cfg.data)
     data = task_data(store, cfg.task, cfg.label_fraction, cfg.seed, cfg.val_fraction, cfg.subset_seed)
     model = build_model(cfg, data.classes)
-
-    pos_weight = None
-    class_weights = None
-    if model.is_frame_task:
-        pos_weight = cfg.pos_weight if cfg.pos_weight is not None else positive_weight(
-            store, data.splits.train, cfg.task, cfg.max_pos_weight)
-    elif cfg.class_weights:
-        assert data.class_of_track is not None and data.classes is not None
-        class_weights = class_weight_vector(store, data.splits.train, data.class_of_track, len(data.classes),
-                                            cfg.window)
-    frontend_lr = cfg.frontend_lr if cfg.frontend_lr is not None else (cfg.lr * 0.1 if cfg.finetune else cfg.lr)
-    module = DownstreamModule(model, lr=cfg.lr, frontend_lr=frontend_lr, weight_decay=cfg.weight_decay,
-                              beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps, pos_weight=pos_weight,
-                              class_weights=class_weights, class_of_track=data.class_of_track)
-    ckpt_dir = out / "checkpoints"
-    callbacks: list[pl.Callback] = [SetEpoch(), ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}",
-                                                                auto_insert_metric_name=False, every_n_epochs=1,
-                                                                save_top_k=1, save_last=True)]
+    module = build_module(cfg, model, store, data)
+    callbacks: list[pl.Callback] = [SetEpoch(), epoch_checkpoints(out, keep=1)]
     budget: dict[str, Any] = {"max_epochs": cfg.epochs}
     best = None
     if cfg.steps:
@@ -302,34 +268,20 @@ def train_downstream(cfg: DownstreamConfig) -> TrainedDownstream:
             best = ModelCheckpoint(dirpath=out / "best", filename="best", monitor="val/loss", mode="min",
                                    save_top_k=1, enable_version_counter=False)
             callbacks.append(best)
-    trainer = pl.Trainer(
-        **budget, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
-        precision=cfg.precision, callbacks=callbacks,
-        # A new CSV version per start: Lightning's CSV logger would delete an existing metrics.csv on resume
-        # (read the stitched history with jtm.training.logs.read_metrics).
-        logger=[TensorBoardLogger(out / "logs", name="tensorboard", version=""), CSVLogger(out / "logs", name="csv")],
-        plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.log_every_n_steps, num_sanity_val_steps=0,
-        enable_progress_bar=cfg.progress, enable_model_summary=cfg.progress,
-        limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_val_batches,
-        use_distributed_sampler=False,
+    trainer = make_trainer(
+        out, callbacks, progress=cfg.progress, log_every_n_steps=cfg.log_every_n_steps, **budget,
+        accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy, precision=cfg.precision,
+        enable_model_summary=cfg.progress, limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=cfg.limit_val_batches,
     )
-    if trainer.is_global_zero:
-        write_json_atomic(out / "run.json", cfg.to_dict())
-        ids = store.tracks["id"].astype(str).to_numpy()
-        write_json_atomic(out / "splits.json", {k: ids[getattr(data.splits, k)].tolist()
-                                                for k in ("train", "train_pool", "val", "test")})
-    resume = find_resume_checkpoint(ckpt_dir)
-    if resume is not None and trainer.is_global_zero:
-        print(f"resuming from {resume}")
-    with warnings.catch_warnings():
-        for message in _EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        trainer.fit(module, datamodule=DownstreamData(cfg, store, data), ckpt_path=resume, weights_only=True)
+    ids = store.tracks["id"].astype(str).to_numpy()
+    splits = {k: ids[getattr(data.splits, k)].tolist() for k in ("train", "train_pool", "val", "test")}
+    fit(trainer, module, DownstreamData(cfg, store, data), out, {"run.json": cfg.to_dict(), "splits.json": splits})
 
     if best is not None and best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
-    summary = {"pos_weight": pos_weight, "steps": int(trainer.global_step),
-               "n_train_tracks": int(len(data.splits.train)), "n_val_tracks": int(len(data.splits.val)), **metrics}
+    summary = {"pos_weight": module.hparams.pos_weight, "steps": int(trainer.global_step),
+               "n_train_tracks": int(len(data.splits.train)), "n_val_tracks": int(len(data.splits.val)),
+               **logged_metrics(trainer)}
     return TrainedDownstream(cfg, store, data, module.model.cpu().eval(), trainer.is_global_zero, summary)

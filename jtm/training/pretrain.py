@@ -17,7 +17,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from jtm.allocator import retain_freed_memory
@@ -27,15 +26,14 @@ from jtm.errors import JTMError
 from jtm.fileio import disk_full_errors, folder_lock, load_json, write_json_atomic
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder, CPCLoss, sample_negatives
-from jtm.hardware import usable_cpus
 from jtm.training.callbacks import ResumableLoader, SetEpoch, StepTimer
-from jtm.training.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
 from jtm.training.config import PretrainConfig, resolve_precision  # torch-free, so the CLI reads its defaults
-from jtm.training.runs import refuse_changed_config
+from jtm.training.harness import (CHECKPOINTS, KeepsRNGState, check_run_folder, epoch_checkpoints, fit,
+                                  logged_metrics, make_trainer, start_process)
 from jtm.workers import is_first_process
 
 
-class CPCPretrainModule(pl.LightningModule):
+class CPCPretrainModule(KeepsRNGState, pl.LightningModule):
     """CPC training step: encode windows, predict K future frames, InfoNCE against in-batch negatives."""
 
     def __init__(self, model: dict[str, Any], lr: float, beta1: float, beta2: float, eps: float,
@@ -64,7 +62,8 @@ class CPCPretrainModule(pl.LightningModule):
                 f"{self.config.predict_steps} steps ahead; use a longer --window"
             )
         gen = self._negatives_generator(0 if stage == "train" else 1, step)
-        idx = sample_negatives(batch_size, frames, positions, self.config.negatives, generator=gen, negatives_from=self.config.negatives_from).to(z.device)
+        idx = sample_negatives(batch_size, frames, positions, self.config.negatives, generator=gen,
+                               negatives_from=self.config.negatives_from).to(z.device)
         out = self.criterion(c, z, negative_idx=idx)
         on_step = stage == "train"
         metrics = {f"{stage}/loss": out.loss}
@@ -88,14 +87,6 @@ class CPCPretrainModule(pl.LightningModule):
         schedule = lr_factor_schedule(hp.schedule_step, hp.ramp_epochs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Dropout draws from the global RNG; keep it so a resumed run continues the same stream.
-        checkpoint["torch_rng_state"] = torch.get_rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "torch_rng_state" in checkpoint:
-            torch.set_rng_state(checkpoint["torch_rng_state"])
 
 
 class LRFactor:
@@ -178,11 +169,6 @@ class PretrainData(pl.LightningDataModule):
         return DataLoader(windows, batch_size=None, num_workers=0) if windows is not None and len(windows) else []
 
 
-def _check_run_folder(cfg: PretrainConfig) -> None:
-    """Refuse to resume into a run folder that was trained with a different configuration."""
-    refuse_changed_config(Path(cfg.out) / "run.json", cfg.to_dict(), PretrainConfig.RESUMABLE_CHANGES)
-
-
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train (or resume) CPC as configured; export the encoder to ``RUN/encoder``; return final metrics.
 
@@ -195,41 +181,28 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
 def _run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     out = Path(cfg.out)
-    _check_run_folder(cfg)
-    torch.set_num_threads(cfg.threads or usable_cpus())
+    check_run_folder(cfg)
     retain_freed_memory()  # a step re-uses the last step's pages instead of faulting them in (jtm.allocator)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    start_process(cfg.threads, cfg.seed)
     data = PretrainData(cfg)
     module = CPCPretrainModule(cfg.model.to_dict(), cfg.lr, cfg.beta1, cfg.beta2, cfg.eps,
                                cfg.schedule_step, cfg.ramp_epochs, cfg.seed)
-    ckpt_dir = out / "checkpoints"
     timer = StepTimer()
-    callbacks: list[pl.Callback] = [
-        SetEpoch(), timer,
-        ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                        every_n_epochs=1, save_top_k=-1, save_last=True),
-    ]
+    callbacks: list[pl.Callback] = [SetEpoch(), timer, epoch_checkpoints(out, keep=-1)]
     if cfg.checkpoint_every_n_steps:
         # One rolling mid-epoch checkpoint; resumption takes whichever checkpoint is newest.
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step", every_n_train_steps=cfg.checkpoint_every_n_steps,
-                                         save_top_k=1, save_last=False, enable_version_counter=False))
-    trainer = pl.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy, precision=resolve_precision(cfg.precision, cfg.accelerator), callbacks=callbacks,
-        # A new CSV version per start: Lightning's CSV logger would delete an existing metrics.csv on resume.
-        logger=[TensorBoardLogger(out / "logs", name="tensorboard", version=""), CSVLogger(out / "logs", name="csv")],
-        plugins=[AtomicCheckpointIO()], log_every_n_steps=cfg.log_every_n_steps, num_sanity_val_steps=0,
-        enable_progress_bar=cfg.progress, limit_train_batches=cfg.limit_train_batches, deterministic=False,
-        use_distributed_sampler=False,
+        callbacks.append(ModelCheckpoint(dirpath=out / CHECKPOINTS, filename="step",
+                                         every_n_train_steps=cfg.checkpoint_every_n_steps, save_top_k=1,
+                                         save_last=False, enable_version_counter=False))
+    trainer = make_trainer(
+        out, callbacks, progress=cfg.progress, log_every_n_steps=cfg.log_every_n_steps, max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+        precision=resolve_precision(cfg.precision, cfg.accelerator), limit_train_batches=cfg.limit_train_batches,
+        deterministic=False,
     )
-    if trainer.is_global_zero:
-        write_json_atomic(out / "run.json", cfg.to_dict())
-    resume = find_resume_checkpoint(ckpt_dir)
-    if resume is not None and trainer.is_global_zero:
-        print(f"resuming from {resume}")
-    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    fit(trainer, module, data, out, {"run.json": cfg.to_dict()})
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
+    metrics = logged_metrics(trainer)
     if not metrics and (out / "metrics.json").exists():
         # The checkpoint had already reached --epochs: nothing was trained, the run's results stand.
         if trainer.is_global_zero:
