@@ -104,49 +104,65 @@ def plan_epoch(
         raise ValueError("sampling='samecategory' needs per-track categories (labels_by=<tracks.csv column>)")
     lengths = np.asarray(lengths, dtype=np.int64)
     n = len(lengths)
+    # One generator for the whole epoch, drawn from in a fixed order: offsets, track order, then per group the
+    # window shuffle and the batch shuffle. The order is part of the plan: changing it changes every run.
     rng = np.random.default_rng(seed + epoch)
     n_windows = np.maximum(0, lengths // window)
     slack = np.minimum(lengths - n_windows * window, window - 1)
     offsets = rng.integers(0, slack + 1, dtype=np.int64) if random_offset else np.zeros(n, np.int64)
+    order = _track_order(rng, n, sampling, categories)
+    order = order[n_windows[order] > 0]  # tracks without a window this epoch are never loaded
+    groups = group_tracks(order, lengths * bytes_per_sample, max_memory_bytes)
+    batches: list[Batch] = []
+    for g, members in enumerate(groups):
+        pos, start = _group_windows(members, n_windows, offsets, window)
+        batches += _batch_group(rng, g, pos, start, sampling, categories, batch_size, drop_last)
+    return EpochPlan(offsets, n_windows, groups, batches)
 
+
+def _track_order(rng: np.random.Generator, n: int, sampling: str, categories: np.ndarray | None) -> np.ndarray:
+    """The order (n,) in which tracks are grouped: given (``sequential``), random, or random categories with the
+    tracks of one category together (``samecategory``)."""
     if sampling == "sequential":
-        order = np.arange(n, dtype=np.int64)
-    elif sampling == "samecategory":
+        return np.arange(n, dtype=np.int64)
+    if sampling == "samecategory":
         assert categories is not None
         cats = np.asarray(categories, dtype=np.int64)
         cat_rank = rng.permutation(int(cats.max()) + 1 if n else 0)
         perm = rng.permutation(n)
-        order = perm[np.argsort(cat_rank[cats[perm]], kind="stable")]
-    else:
-        order = rng.permutation(n).astype(np.int64)
-    order = order[n_windows[order] > 0]  # tracks without a window this epoch are never loaded
-    groups = group_tracks(order, lengths * bytes_per_sample, max_memory_bytes)
+        return perm[np.argsort(cat_rank[cats[perm]], kind="stable")]
+    return rng.permutation(n).astype(np.int64)
 
-    batches: list[Batch] = []
-    for g, members in enumerate(groups):
-        counts = n_windows[members]
-        pos = np.repeat(members, counts)
-        # Window i of a track starts at offset + i * window; i runs 0..count-1 within each track.
-        i = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-        start = offsets[pos] + i * window
-        if sampling == "sequential":
-            batches += _chunks(pos, start, batch_size, drop_last, g)
-            continue
-        perm = rng.permutation(len(pos))
-        pos, start = pos[perm], start[perm]
-        if sampling == "uniform":
-            group_batches = _chunks(pos, start, batch_size, drop_last, g)
-        else:
-            key = pos if sampling == "samesequence" else np.asarray(categories)[pos]
-            # A stable sort by unit keeps the shuffled order inside each track/category.
-            srt = np.argsort(key, kind="stable")
-            pos, start, key = pos[srt], start[srt], key[srt]
-            cuts = np.flatnonzero(np.diff(key)) + 1
-            group_batches = []
-            for p, s in zip(np.split(pos, cuts), np.split(start, cuts)):
-                group_batches += _chunks(p, s, batch_size, drop_last, g)
-        batches += [group_batches[k] for k in rng.permutation(len(group_batches))]
-    return EpochPlan(offsets, n_windows, groups, batches)
+
+def _group_windows(members: np.ndarray, n_windows: np.ndarray, offsets: np.ndarray,
+                   window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of a group's tracks in track then time order: ``(pos, start)``, each (n_group_windows,)."""
+    counts = n_windows[members]
+    pos = np.repeat(members, counts)
+    # Window i of a track starts at offset + i * window; i runs 0..count-1 within each track.
+    i = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return pos, offsets[pos] + i * window
+
+
+def _batch_group(rng: np.random.Generator, group: int, pos: np.ndarray, start: np.ndarray, sampling: str,
+                 categories: np.ndarray | None, batch_size: int, drop_last: bool) -> list[Batch]:
+    """One group's windows cut into batches as ``sampling`` says, in serving order (see :func:`plan_epoch`)."""
+    if sampling == "sequential":
+        return _chunks(pos, start, batch_size, drop_last, group)
+    perm = rng.permutation(len(pos))
+    pos, start = pos[perm], start[perm]
+    if sampling == "uniform":
+        group_batches = _chunks(pos, start, batch_size, drop_last, group)
+    else:
+        key = pos if sampling == "samesequence" else np.asarray(categories)[pos]
+        # A stable sort by unit keeps the shuffled order inside each track/category.
+        srt = np.argsort(key, kind="stable")
+        pos, start, key = pos[srt], start[srt], key[srt]
+        cuts = np.flatnonzero(np.diff(key)) + 1
+        group_batches = []
+        for p, s in zip(np.split(pos, cuts), np.split(start, cuts)):
+            group_batches += _chunks(p, s, batch_size, drop_last, group)
+    return [group_batches[k] for k in rng.permutation(len(group_batches))]
 
 
 def shard_batches(n_batches: int, rank: int, world_size: int, worker: int = 0, n_workers: int = 1) -> np.ndarray:

@@ -29,6 +29,17 @@ def _default_distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """The given rank and world size, each taken from torch.distributed when None; checked."""
+    if rank is None or world_size is None:
+        d_rank, d_world = _default_distributed()
+        rank = d_rank if rank is None else rank
+        world_size = d_world if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    return int(rank), int(world_size)
+
+
 class WindowBatches(IterableDataset):
     """Batches of ``window``-sample windows of the tracks ``track_indices`` of ``store``.
 
@@ -88,53 +99,51 @@ class WindowBatches(IterableDataset):
         self.random_offset = bool(random_offset)
         self.drop_last = bool(drop_last)
         self.labels = labels
-        if rank is None or world_size is None:
-            d_rank, d_world = _default_distributed()
-            rank = d_rank if rank is None else rank
-            world_size = d_world if world_size is None else world_size
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        self.rank, self.world_size = int(rank), int(world_size)
+        self.rank, self.world_size = _rank_and_world(rank, world_size)
         self._lengths = store.lengths[self.track_indices]
-
         self._sampling_categories: np.ndarray | None = None
         if sampling == "samecategory":
             if not labels_by:
                 raise ValueError("sampling='samecategory' needs labels_by=<tracks.csv column>")
             self._sampling_categories, _ = store.categories(labels_by, self.track_indices)
-
         self.category_names: list[str] | None = None
         self._label_categories: np.ndarray | None = None
         if labels is not None:
-            if labels.startswith("category:"):
-                codes, names = store.categories(labels.split(":", 1)[1], self.track_indices)
-                self._label_categories, self.category_names = codes, names
-            elif labels in ("transcription", "pitch-instrument"):
-                if not store.has_labels:
-                    raise DataError(store.path, f"labels={labels!r} needs note labels, but this store has none")
-                if self.window % HOP:
-                    raise ValueError(f"window ({self.window}) must be a multiple of the label hop ({HOP})")
-            else:
-                raise ValueError(
-                    f"labels must be None, 'transcription', 'pitch-instrument' or 'category:<column>', not {labels!r}"
-                )
-
+            self._check_labels(labels)
         if self.max_memory_bytes is not None:
-            nbytes = self._lengths * _BYTES_PER_SAMPLE
-            too_big = np.flatnonzero(nbytes > self.max_memory_bytes)
-            if len(too_big):
-                p = int(too_big[0])
-                track = int(self.track_indices[p])
-                raise ValueError(
-                    f"track {store.tracks['id'].iloc[track]!r} (index {track}) needs {int(nbytes[p])} bytes of "
-                    f"int16 audio, more than max_memory_bytes={self.max_memory_bytes}; raise the budget"
-                )
-
+            self._check_budget(self.max_memory_bytes)
         self.epoch = 0
         self.resident_bytes = 0
         self.peak_resident_bytes = 0
         self._plan: tuple[int, EpochPlan] | None = None
         self._skip = 0
+
+    def _check_labels(self, labels: str) -> None:
+        """Refuse labels the store cannot give at this window; read the category codes of ``category:<column>``."""
+        if labels.startswith("category:"):
+            self._label_categories, self.category_names = self.store.categories(labels.split(":", 1)[1],
+                                                                                self.track_indices)
+        elif labels in ("transcription", "pitch-instrument"):
+            if not self.store.has_labels:
+                raise DataError(self.store.path, f"labels={labels!r} needs note labels, but this store has none")
+            if self.window % HOP:
+                raise ValueError(f"window ({self.window}) must be a multiple of the label hop ({HOP})")
+        else:
+            raise ValueError(
+                f"labels must be None, 'transcription', 'pitch-instrument' or 'category:<column>', not {labels!r}"
+            )
+
+    def _check_budget(self, budget: int) -> None:
+        """Refuse a memory budget smaller than one of the tracks (a group holds at least one whole track)."""
+        nbytes = self._lengths * _BYTES_PER_SAMPLE
+        too_big = np.flatnonzero(nbytes > budget)
+        if len(too_big):
+            p = int(too_big[0])
+            track = int(self.track_indices[p])
+            raise ValueError(
+                f"track {self.store.tracks['id'].iloc[track]!r} (index {track}) needs {int(nbytes[p])} bytes of "
+                f"int16 audio, more than max_memory_bytes={budget}; raise the budget"
+            )
 
     # ------------------------------------------------------------------ planning
     def set_epoch(self, epoch: int) -> None:
