@@ -104,8 +104,28 @@ def read_labels(path: str | Path) -> Notes:
         raise DataError(
             path, f"header lacks column(s) {', '.join(missing)}; it must contain {','.join(LABEL_COLUMNS)}"
         )
-    n = len(frame)
-    # For each required column: one problem per row (or None); the first row with any problem is reported.
+    # Each check is a row mask and its message; the first row with any problem is reported, with the first
+    # message (in check order) that applies to it.
+    values, problems = _parse_label_columns(frame)
+    ok = np.ones(len(frame), dtype=bool)
+    for mask, _ in problems:
+        ok &= ~mask
+    problems += _label_range_problems(values, ok)
+    _raise_first_problem(path, frame, problems)
+    start, end = values["start_time"], values["end_time"]
+    inst, pitch = values["instrument"], values["note"]
+    order = np.argsort(start, kind="stable")
+    return Notes(
+        start[order].astype(np.int64),
+        end[order].astype(np.int64),
+        inst[order].astype(np.int16),
+        pitch[order].astype(np.int16),
+    )
+
+
+def _parse_label_columns(frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], list[tuple[np.ndarray, str]]]:
+    """Each label column as float64 (n,) (NaN where unreadable), and the format problems: rows where a value is
+    missing, non-numeric, non-finite or not an integer."""
     problems: list[tuple[np.ndarray, str]] = []
     values: dict[str, np.ndarray] = {}
     for col in LABEL_COLUMNS:
@@ -117,20 +137,21 @@ def read_labels(path: str | Path) -> Notes:
         non_finite = ~absent & ~non_numeric & ~np.isfinite(num)
         with np.errstate(invalid="ignore"):
             non_integer = np.isfinite(num) & (num != np.round(num))
-        for mask, what in (
+        problems += [
             (absent, f"missing value in column {col!r}"),
             (non_numeric, f"non-numeric value in column {col!r}"),
             (non_finite, f"non-finite value in column {col!r}"),
             (non_integer, f"non-integer value in column {col!r}"),
-        ):
-            problems.append((mask, what))
-    ok = np.ones(n, dtype=bool)
-    for mask, _ in problems:
-        ok &= ~mask
+        ]
+    return values, problems
+
+
+def _label_range_problems(values: dict[str, np.ndarray], ok: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    """Problems of the well-formed rows (``ok``): negative or empty times, pitches and instruments out of range."""
     start, end = values["start_time"], values["end_time"]
     inst, pitch = values["instrument"], values["note"]
     with np.errstate(invalid="ignore"):
-        problems += [
+        return [
             (ok & (start < 0), "negative start_time"),
             (ok & (end <= start), "end_time is not after start_time"),
             (ok & ((pitch < 0) | (pitch >= N_PITCHES)), f"note (pitch) outside 0-{N_PITCHES - 1}"),
@@ -139,7 +160,11 @@ def read_labels(path: str | Path) -> Notes:
                 f"instrument is not one of MusicNet's GM programs {list(INSTRUMENT_PROGRAMS)}",
             ),
         ]
-    bad = np.zeros(n, dtype=bool)
+
+
+def _raise_first_problem(path: Path, frame: pd.DataFrame, problems: list[tuple[np.ndarray, str]]) -> None:
+    """Raise ``DataError(path, problem, row=N)`` for the first row with a problem (N 1-based, header excluded)."""
+    bad = np.zeros(len(frame), dtype=bool)
     for mask, _ in problems:
         bad |= mask
     if bad.any():
@@ -147,13 +172,6 @@ def read_labels(path: str | Path) -> Notes:
         what = next(msg for mask, msg in problems if mask[first])
         shown = ", ".join(f"{c}={frame[c].iloc[first]!r}" for c in LABEL_COLUMNS)
         raise DataError(path, f"{what} ({shown})", row=first + 1)
-    order = np.argsort(start, kind="stable")
-    return Notes(
-        start[order].astype(np.int64),
-        end[order].astype(np.int64),
-        inst[order].astype(np.int16),
-        pitch[order].astype(np.int16),
-    )
 
 
 def convert_notes(notes: Notes, orig_sr: int, target_sr: int, length: int | None = None) -> Notes:

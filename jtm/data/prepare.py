@@ -57,6 +57,7 @@ from jtm.fileio import (
     save_npy_atomic,
     write_json_atomic,
 )
+from jtm.hardware import usable_cpus
 from jtm.workers import die_with_parent
 
 MIN_SECONDS = DEFAULT_WINDOW / SAMPLE_RATE
@@ -311,7 +312,7 @@ def prepare_store(
 ) -> PrepareSummary:
     """Prepare ``store`` from ``src`` (a MusicNet-layout folder or any folder of audio files).
 
-    ``workers``: decoding processes (None: one per CPU; 1 decodes in this process).
+    ``workers``: decoding processes (None: one per usable CPU, the affinity mask; 1 decodes in this process).
     ``on_error='raise'`` stops at the first bad input with a :class:`DataError` naming the file (and row);
     ``'skip'`` leaves bad inputs out, lists them in the summary and prints them. If every track is bad,
     a ``DataError`` is raised in either mode. Tracks shorter than ``min_seconds`` (default one
@@ -376,83 +377,73 @@ def _build_store(src: Path, store: Path, t0: float, settings: dict[str, Any], fi
         raise DataError(src, f"no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
     work = store / ".work"
     work.mkdir(parents=True, exist_ok=True)
+    tasks = _make_tasks(tracks, work, min_seconds)
+    n_workers = usable_cpus() if workers is None else int(workers)
+    results = _convert(tasks, max(1, min(n_workers, len(tasks))), progress, on_error, skipped)
+    kept = sorted(results)
+    if not kept:
+        first = f"; first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise DataError(src, f"every track was skipped ({len(skipped)} skipped){first}")
+
+    lengths = [results[i].length for i in kept]
+    placement = _write_shards(store, lengths, [tasks[i].work_stem for i in kept], int(shard_mb * 2**20))
+    table = _tracks_table(src, [tracks[i] for i in kept], lengths, placement)
+    with atomic_path(store / "tracks.csv") as tmp:
+        table.to_csv(tmp, index=False, encoding="utf-8")
+    n_notes = _write_notes(store / "notes.npz", [tasks[i].work_stem for i in kept])
+
+    seconds_of_audio = float(sum(lengths)) / SAMPLE_RATE
+    elapsed = time.perf_counter() - t0
+    write_json_atomic(store / "store.json", {
+        "format": STORE_FORMAT, "version": STORE_VERSION, "sample_rate": SAMPLE_RATE, "complete": True,
+        "fingerprint": fingerprint, "settings": settings, "source": str(src.resolve()),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n_tracks": len(kept),
+        "n_shards": 1 + max(s for s, _ in placement), "n_notes": n_notes,
+        "splits": {str(k): int(v) for k, v in table["split"].value_counts().sort_index().items()},
+        "seconds_of_audio": seconds_of_audio, "n_skipped": len(skipped), "skipped": [list(s) for s in skipped],
+    })
+    shutil.rmtree(work, ignore_errors=True)
+    summary = PrepareSummary(n_tracks=len(kept), n_skipped=len(skipped), skipped=list(skipped),
+                             seconds_of_audio=seconds_of_audio, seconds_elapsed=elapsed,
+                             throughput=seconds_of_audio / max(elapsed, 1e-9), store=str(store))
+    _announce(store, summary, skipped)
+    return summary
+
+
+def _make_tasks(tracks: list[TrackSource], work: Path, min_seconds: float) -> list[_Task]:
+    """One decoding task per source track, writing its converted audio and notes under ``work``."""
     min_samples = int(np.ceil(min_seconds * SAMPLE_RATE))
-    tasks = [
-        _Task(
-            index=i,
-            audio_path=str(t.audio_path),
-            label_path=str(t.label_path) if t.label_path is not None else None,
-            work_stem=str(work / safe_id(t.id)),
-            signature=_stat_signature(t.audio_path, t.label_path),
-            min_samples=min_samples,
-            min_seconds=float(min_seconds),
-        )
+    return [
+        _Task(index=i, audio_path=str(t.audio_path),
+              label_path=str(t.label_path) if t.label_path is not None else None,
+              work_stem=str(work / safe_id(t.id)), signature=_stat_signature(t.audio_path, t.label_path),
+              min_samples=min_samples, min_seconds=float(min_seconds))
         for i, t in enumerate(tracks)
     ]
-    n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    n_workers = max(1, min(n_workers, len(tasks)))
+
+
+def _convert(tasks: list[_Task], workers: int, progress: bool, on_error: OnError,
+             skipped: Skipped) -> dict[int, _Done]:
+    """Run the tasks; the converted ones by task index. A failed track is reported (``on_error``) and skipped."""
     results: dict[int, _Done] = {}
     # closing(): a raised error shuts the pool down (cancelling queued tracks) before it propagates.
-    with closing(_run_tasks(tasks, n_workers, progress)) as finished:
+    with closing(_run_tasks(tasks, workers, progress)) as finished:
         for done in finished:
             if done.error is not None:
                 path, problem, row = done.error
                 report(DataError(path, problem, row=row), on_error, skipped)
             else:
                 results[done.index] = done
-    kept = sorted(results)
-    if not kept:
-        first = f"; first: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
-        raise DataError(src, f"every track was skipped ({len(skipped)} skipped){first}")
+    return results
 
-    kept_tracks = [tracks[i] for i in kept]
-    lengths = [results[i].length for i in kept]
-    stems = [tasks[i].work_stem for i in kept]
-    placement = _write_shards(store, lengths, stems, int(shard_mb * 2**20))
-    table = _tracks_table(src, kept_tracks, lengths, placement)
-    with atomic_path(store / "tracks.csv") as tmp:
-        table.to_csv(tmp, index=False, encoding="utf-8")
-    n_notes = _write_notes(store / "notes.npz", stems)
 
-    seconds_of_audio = float(sum(lengths)) / SAMPLE_RATE
-    elapsed = time.perf_counter() - t0
-    write_json_atomic(
-        store / "store.json",
-        {
-            "format": STORE_FORMAT,
-            "version": STORE_VERSION,
-            "sample_rate": SAMPLE_RATE,
-            "complete": True,
-            "fingerprint": fingerprint,
-            "settings": settings,
-            "source": str(src.resolve()),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "n_tracks": len(kept),
-            "n_shards": 1 + max(s for s, _ in placement),
-            "n_notes": n_notes,
-            "splits": {str(k): int(v) for k, v in table["split"].value_counts().sort_index().items()},
-            "seconds_of_audio": seconds_of_audio,
-            "n_skipped": len(skipped),
-            "skipped": [list(s) for s in skipped],
-        },
-    )
-    shutil.rmtree(work, ignore_errors=True)
-    summary = PrepareSummary(
-        n_tracks=len(kept),
-        n_skipped=len(skipped),
-        skipped=list(skipped),
-        seconds_of_audio=seconds_of_audio,
-        seconds_elapsed=elapsed,
-        throughput=seconds_of_audio / max(elapsed, 1e-9),
-        store=str(store),
-    )
+def _announce(store: Path, summary: PrepareSummary, skipped: Skipped) -> None:
     for path, reason in skipped:
         print(f"skipped {path}: {reason}")
     print(
-        f"{store}: {summary.n_tracks} tracks, {seconds_of_audio / 60:.1f} min of audio, "
-        f"{summary.n_skipped} skipped, {elapsed:.1f} s ({summary.throughput:.0f}x real time)"
+        f"{store}: {summary.n_tracks} tracks, {summary.seconds_of_audio / 60:.1f} min of audio, "
+        f"{summary.n_skipped} skipped, {summary.seconds_elapsed:.1f} s ({summary.throughput:.0f}x real time)"
     )
-    return summary
 
 
 __all__ = ["MIN_SECONDS", "PrepareSummary", "prepare_store", "read_store_json", "safe_id"]
