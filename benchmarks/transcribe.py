@@ -18,7 +18,11 @@ on this audio (about 4 of 128 pitches on per frame, ~17 notes/s: a realistic loa
 writing, like a trained model with a tuned threshold); ``threshold-0.5`` keeps 0.5 (far fewer notes here).
 
 Configurations: ``default`` (the pipeline's defaults, torch's default thread count), ``threads-1`` (one torch thread),
-``threshold-0.5``, ``chunks-10s``. ``x_real_time`` is seconds of audio per wall second (what ``jtm transcribe``
+``threshold-0.5``, ``chunks-10s``; and two note transcribers (``jtm.models.note_transcriber.NoteTranscriber``, as a
+study's notes cell leaves it: the study's note head, ``jtm.pipelines.arms.NOTE_HEAD``, random weights, on raw front-end
+features), decoded from onsets by the pipeline's default streaming (10 s front-end chunks): ``note-cpc`` on the demo's
+CPC context features and ``note-logmel`` on the log-mel spectrogram. Their onset threshold is calibrated so that
+0.2 % of the onset outputs are on (~25 note starts per second), their sustain and frame thresholds at ``active``. ``x_real_time`` is seconds of audio per wall second (what ``jtm transcribe``
 prints); ``rtf`` its inverse.
 """
 from __future__ import annotations
@@ -89,6 +93,41 @@ def build_model(folder: Path, tiny: bool = False, seed: int = 0) -> tuple[Path, 
     return folder, config.to_dict(), source
 
 
+def build_note_model(folder: Path, frontend: str, tiny: bool = False, seed: int = 0) -> tuple[Path, dict, str]:
+    """A random-weight NoteTranscriber (the study's note head on ``frontend``: "cpc", the demo's architecture, or
+    "logmel") saved in ``folder``, as a study's notes cell leaves it."""
+    from jtm.models.cpc import CPCEncoder
+    from jtm.models.logmel import LogMel, LogMelConfig
+    from jtm.models.note_head import NoteHead
+    from jtm.models.note_transcriber import NoteTranscriber
+    from jtm.pipelines.arms import NOTE_HEAD
+
+    torch.manual_seed(seed)
+    if frontend == "logmel":
+        front, config, source = LogMel(LogMelConfig(normalize=False)), LogMelConfig(normalize=False), "LogMelConfig()"
+    else:
+        config, source, _ = demo_cpc_config(tiny)
+        front = CPCEncoder(config)
+    width = config.n_mels if frontend == "logmel" else config.context_dim
+    NoteTranscriber(front, NoteHead(width, **NOTE_HEAD), "context").save_pretrained(folder)
+    return folder, config.to_dict(), source
+
+
+def calibrate_note_thresholds(model_dir: Path, audio: Path, active: float, onsets: float = 0.002) -> float:
+    """Save onset/sustain/frame thresholds at the (1 - onsets) and (1 - active) quantiles of the note model's
+    probabilities on the first 10 s of ``audio``; returns the sustain threshold."""
+    from jtm.audio import load_audio
+    from jtm.models.note_transcriber import NoteThresholds, NoteTranscriber
+
+    model = NoteTranscriber.from_pretrained(model_dir)
+    wave, _ = load_audio(audio)
+    onset, frame = model.predict(wave[: 10 * 16000])
+    sustain = float(np.quantile(frame, 1.0 - active))
+    model.thresholds = NoteThresholds(onset=float(np.quantile(onset, 1.0 - onsets)), sustain=sustain, frame=sustain)
+    model.save_pretrained(model_dir)
+    return sustain
+
+
 def calibrated_threshold(model_dir: Path, audio: Path, active: float) -> float:
     """The (1 - active)-quantile of the model's probabilities on the first 10 s of ``audio``."""
     from jtm.audio import load_audio
@@ -103,24 +142,27 @@ def calibrated_threshold(model_dir: Path, audio: Path, active: float) -> float:
 
 def run(seconds: float = 60.0, repeats: int = 3, threshold: float | None = None, active: float = 0.03,
         chunk_seconds: float | None = None, context_seconds: float | None = None, batch_size: int | None = None,
-        threads: int | None = None, tiny: bool = False, workdir: Path | None = None, config: str | None = None) -> dict:
+        threads: int | None = None, tiny: bool = False, workdir: Path | None = None, config: str | None = None,
+        note_frontend: str | None = None) -> dict:
     """Time ``transcribe_file`` on ``seconds`` of 44.1 kHz stereo audio, ``repeats`` times, with one loaded model.
 
     ``threshold``: the saved decision threshold (None: calibrated so that ``active`` of the outputs are on).
     Chunking arguments left None take the pipeline's defaults (as ``jtm transcribe`` does); ``threads``: torch
-    threads for this run (None: torch's default, all cores), as ``jtm transcribe --threads``.
+    threads for this run (None: torch's default, all cores), as ``jtm transcribe --threads``; ``note_frontend``
+    ("cpc" or "logmel"): time a note transcriber on that front end instead of a frame model.
     """
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _run(seconds, repeats, threshold, active, chunk_seconds, context_seconds, batch_size, tiny, workdir,
-                    config)
+                    config, note_frontend)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(seconds, repeats, threshold, active, chunk_seconds, context_seconds, batch_size, tiny, workdir, config):
+def _run(seconds, repeats, threshold, active, chunk_seconds, context_seconds, batch_size, tiny, workdir, config,
+         note_frontend):
     from jtm.audio import FRAME_RATE
     from jtm.models.downstream import DownstreamModel
     from jtm.pipelines.chunked import stream_audio
@@ -129,14 +171,16 @@ def _run(seconds, repeats, threshold, active, chunk_seconds, context_seconds, ba
     with tempfile.TemporaryDirectory(prefix="jtm-bench-tr-", dir=workdir) as tmp:
         tmp = Path(tmp)
         audio = write_music(tmp / "music.wav", seconds)
-        model_dir, arch, source = build_model(tmp / "run" / "model", tiny)
-        if threshold is None:
-            thr = calibrated_threshold(model_dir, audio, active)
-            model = DownstreamModel.from_pretrained(model_dir)
-            model.threshold = thr
-            model.save_pretrained(model_dir)
+        if note_frontend is not None:
+            model_dir, arch, source = build_note_model(tmp / "cell" / "model", note_frontend, tiny)
+            thr = calibrate_note_thresholds(model_dir, audio, active)
         else:
-            thr = threshold
+            model_dir, arch, source = build_model(tmp / "run" / "model", tiny)
+            thr = calibrated_threshold(model_dir, audio, active) if threshold is None else threshold
+            if threshold is None:
+                model = DownstreamModel.from_pretrained(model_dir)
+                model.threshold = thr
+                model.save_pretrained(model_dir)
         t0 = time.perf_counter()
         tr = load_transcriber(model_dir)  # once, as transcribe_files does
         load_s = time.perf_counter() - t0
@@ -160,6 +204,8 @@ def _run(seconds, repeats, threshold, active, chunk_seconds, context_seconds, ba
             "architecture": arch, "architecture_source": source,
             "n_parameters": int(sum(p.numel() for p in tr.model.parameters())),
             "audio": "44.1 kHz stereo PCM_16 WAV", "audio_seconds": round(result.duration, 2),
+            "model": "note transcriber" if note_frontend else "frame model",
+            "onset_threshold": None if tr.onset_threshold is None else round(tr.onset_threshold, 4),
             "threshold": round(thr, 4), "chunk_seconds": chunk, "context_seconds": context, "batch_size": batch,
             "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
             "repeats": repeats, "model_load_seconds": round(load_s, 3),
@@ -182,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     for kwargs in (dict(config="default"), dict(threads=1, config="threads-1"), dict(threshold=0.5),
-                   dict(chunk_seconds=10.0, context_seconds=1.0, batch_size=4, config="chunks-10s")):
+                   dict(chunk_seconds=10.0, context_seconds=1.0, batch_size=4, config="chunks-10s"),
+                   dict(note_frontend="cpc", config="note-cpc"), dict(note_frontend="logmel", config="note-logmel")):
         print(json.dumps(run(args.seconds, args.repeats, **kwargs)), flush=True)
 
 

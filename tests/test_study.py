@@ -554,6 +554,40 @@ def test_the_notes_cell_model_is_a_note_transcriber_that_reproduces_the_test_sco
         assert metrics[key] == pytest.approx(result["metrics"][key], abs=1e-3), key
 
 
+def test_jtm_transcribe_of_a_notes_cell_gives_the_studys_probabilities_and_notes(note_study: NoteStudy,
+                                                                                   tmp_path: Path) -> None:
+    """A test recording written to a file and transcribed with the cell (streamed in 0.7 s chunks): the onset
+    and frame probabilities the study scored (its cached features through the cell's head) and the notes
+    decode_notes makes of them with the thresholds chosen on validation."""
+    import soundfile as sf
+
+    from jtm.evaluation.notes import decode_notes
+    from jtm.pipelines.transcribe import iter_note_probabilities, load_transcriber, transcribe_file
+
+    store, cell = note_study.store, note_study.out / "notes" / "cpc-note" / "f1.0" / "seed0"
+    track = int(store.indices("test")[0])
+    path = tmp_path / "test.wav"
+    sf.write(str(path), store.audio(track), store.sample_rate, subtype="FLOAT")
+    tr = load_transcriber(cell)
+    streamed = list(iter_note_probabilities(tr, path, tr.chunking(chunk_seconds=0.7)))
+    onset, frame = (np.concatenate(p) for p in zip(*streamed))
+    cache = next(p for p in (note_study.out / "cache").iterdir() if (p / "frontend.json").is_file()
+                 and json.loads((p / "frontend.json").read_text())["name"] == "pretrained")
+    ids = store.tracks["id"].astype(str).to_numpy()
+    features = torch.from_numpy(np.load(cache / f"{ids[track]}.npy"))[None]
+    study_onset, study_frame = (p[0].numpy() for p in tr.model.head.probabilities(features))
+    np.testing.assert_allclose(onset, study_onset, atol=1e-5)
+    np.testing.assert_allclose(frame, study_frame, atol=1e-5)
+    thresholds = tr.model.thresholds
+    expected = decode_notes(study_onset, study_frame, thresholds.onset, thresholds.sustain, 100.0)
+    result = transcribe_file(tr, path, tmp_path / "out", csv=True, chunk_seconds=0.7)
+    assert len(expected) > 0 and result.n_notes == len(expected)
+    table = pd.read_csv(tmp_path / "out" / "test.csv")
+    frames = np.round(np.stack([expected.onset, expected.offset]) * 100).astype(int) * 441  # samples at 44.1 kHz
+    assert sorted(zip(table["note"], table["start_time"], table["end_time"])) == sorted(
+        zip(expected.pitch.tolist(), *frames.tolist()))
+
+
 def test_adding_the_notes_task_leaves_the_other_tasks_unchanged(note_study: NoteStudy, tmp_path: Path) -> None:
     """The same transcription cell computed in a study without the notes task gives the same numbers."""
     cfg = replace(note_study.cfg, out=str(tmp_path / "alone"), tasks=("transcription",), methods=("logmel-linear",))

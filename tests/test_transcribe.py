@@ -168,3 +168,112 @@ def test_default_chunking_reproduces_the_runs_evaluation(tmp_path: Path) -> None
     bare = tmp_path / "bare"
     (run / "model").rename(bare)
     assert load_transcriber(bare).chunking() == Chunking(core=1000, left=100, right=100, batch_size=1)
+
+
+# ------------------------------------------------------------------------------------------ note models
+
+
+def _onset_frame_probabilities(rng: np.random.Generator, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    """Onset and frame probabilities with smeared onsets, long and short notes, repeated notes, flicker."""
+    onset = rng.uniform(0.0, 0.3, (n, 128)).astype(np.float32)
+    frame = rng.uniform(0.0, 0.3, (n, 128)).astype(np.float32)
+    for _ in range(400):
+        p, s, length = rng.integers(20, 100), rng.integers(0, n), rng.integers(1, 400)
+        onset[s:s + rng.integers(1, 4), p] = rng.uniform(0.5, 1.0)
+        frame[s:s + length, p] = rng.uniform(0.4, 1.0, len(frame[s:s + length, p]))
+    return onset, frame
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 700])
+def test_onset_note_stitcher_equals_decode_notes_on_the_whole_recording(chunk: int) -> None:
+    from jtm.evaluation.notes import decode_notes
+    from jtm.pipelines.transcribe import OnsetNoteStitcher
+
+    onset, frame = _onset_frame_probabilities(np.random.default_rng(chunk))
+    stitcher = OnsetNoteStitcher(onset_threshold=0.5, frame_threshold=0.45)
+    for i in range(0, len(onset), chunk):
+        stitcher.push(onset[i:i + chunk], frame[i:i + chunk])
+    got, ref = stitcher.finish(), decode_notes(onset, frame, 0.5, 0.45, 100.0)
+    assert len(ref) > 300 and len(got) == len(ref) and stitcher.frames == len(onset)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_onset_note_stitcher_memory_is_bounded_for_a_stuck_note() -> None:
+    from jtm.pipelines.transcribe import OnsetNoteStitcher
+
+    stitcher = OnsetNoteStitcher(0.5, 0.5, max_pending_frames=500)
+    ones = np.ones((100, 128), dtype=np.float32)
+    for _ in range(30):
+        stitcher.push(np.zeros_like(ones), ones)  # frames on for ever, one onset at the start
+        assert len(stitcher._onset) <= 600
+    notes = stitcher.finish()
+    assert len(notes) == 0  # no onset, no note: frames alone start nothing
+    stitcher = OnsetNoteStitcher(0.5, 0.5, max_pending_frames=500)
+    for k in range(30):
+        stitcher.push(ones if k == 0 else np.zeros_like(ones), ones)
+        assert len(stitcher._onset) <= 600
+    notes = stitcher.finish()
+    # one onset per pitch, frames on for 30 s: each note is closed when it has been pending for 5 s
+    assert len(notes) == 128 and notes.onset.max() == 0 and notes.offset.max() == pytest.approx(5.0)
+
+
+def make_note_model(folder: Path, audio: np.ndarray) -> Path:
+    """A tiny random note transcriber whose saved thresholds sit inside its probabilities on ``audio``, so it
+    transcribes some notes."""
+    import torch
+
+    from jtm.models.logmel import LogMel, LogMelConfig
+    from jtm.models.note_head import NoteHead
+    from jtm.models.note_transcriber import NoteThresholds, NoteTranscriber
+
+    torch.manual_seed(3)
+    model = NoteTranscriber(LogMel(LogMelConfig(n_mels=32, normalize=False)), NoteHead(32, hidden=16)).eval()
+    with torch.no_grad():
+        model.head.input.weight.mul_(0.3)
+    onset, frame = model.predict(audio)
+    model.thresholds = NoteThresholds(onset=float(np.quantile(onset, 0.995)), sustain=float(np.quantile(frame, 0.9)),
+                                      frame=float(np.quantile(frame, 0.8)))
+    model.save_pretrained(folder / "model")
+    return folder
+
+
+def test_a_note_model_transcribes_files_as_its_one_pass_probabilities_decode(tmp_path: Path) -> None:
+    """jtm transcribe --model NOTE_MODEL: streamed in chunks, the notes are decode_notes of one pass over the
+    file with the saved thresholds; --threshold / --onset-threshold override them."""
+    from jtm.audio import load_audio
+    from jtm.evaluation.notes import decode_notes
+    from jtm.pipelines.transcribe import iter_note_probabilities
+
+    path = write_tone(tmp_path / "in.flac", 12.3, 22_050, 2, freq=311.0)
+    audio, _ = load_audio(path)
+    audio = audio + np.random.default_rng(0).normal(0, 0.05, audio.shape).astype(np.float32)
+    path = tmp_path / "in.wav"
+    sf.write(str(path), audio, 16_000, subtype="FLOAT")
+    folder = make_note_model(tmp_path / "cell", audio)
+    tr = load_transcriber(folder)
+    assert tr.task == "notes" and tr.decodes_onsets and tr.threshold == tr.model.thresholds.sustain
+    onset, frame = tr.model.predict(audio)
+    streamed = list(iter_note_probabilities(tr, path, tr.chunking(chunk_seconds=1.7)))
+    np.testing.assert_allclose(np.concatenate([o for o, _ in streamed]), onset, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([f for _, f in streamed]), frame, atol=1e-5)
+    expected = decode_notes(onset, frame, tr.onset_threshold, tr.threshold, 100.0)
+    assert len(expected) > 5
+    code, out, err = run_cli(["transcribe", path, "--model", folder, "-o", tmp_path / "out", "--csv",
+                              "--piano-roll", "--chunk-seconds", "2.5"])
+    assert code == 0, err
+    assert "onset threshold" in out and "x real time" in out
+    csv = pd.read_csv(tmp_path / "out" / "in.csv")
+    got = sorted(zip(csv["note"], csv["start_time"], csv["end_time"]))  # samples at 44.1 kHz
+    frames = np.round(np.stack([expected.onset, expected.offset]) * 100).astype(int) * 441
+    assert got == sorted(zip(expected.pitch.tolist(), *frames.tolist()))
+    assert (tmp_path / "out" / "in.png").read_bytes()[:4] == b"\x89PNG"
+    midi = pretty_midi.PrettyMIDI(str(tmp_path / "out" / "in.mid"))
+    assert len(midi.instruments[0].notes) == len(expected)
+    strict = load_transcriber(folder / "model", threshold=0.999, onset_threshold=0.999)
+    assert transcribe_file(strict, path, tmp_path / "strict").n_notes < len(expected)
+    with pytest.raises(JTMError, match="onset-threshold"):
+        load_transcriber(folder, onset_threshold=0.0)
+    frame_model = make_downstream_run(tmp_path / "frames", notes={1: [60]})
+    with pytest.raises(JTMError, match="note models"):
+        load_transcriber(frame_model, onset_threshold=0.5)

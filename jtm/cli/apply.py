@@ -51,19 +51,25 @@ def transcribe(
     audio: List[Path] = typer.Argument(..., help="Audio files (wav, flac, ogg, mp3, ...; any rate, mono or "
                                        "multichannel, any length) or folders of them."),
     model: Path = typer.Option(..., "--model", "-m", help="A downstream RUN folder (jtm downstream) for the "
-                               "transcription or pitch-instrument task, or its model/ folder."),
+                               "transcription or pitch-instrument task, or its model/ folder; or a note "
+                               "transcriber: a study's notes cell with a note head (e.g. "
+                               "STUDY/notes/logmel-note/f1.0/seed0), or its model/ folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: <stem>.mid per input (+ .png, .csv)."),
     piano_roll: bool = typer.Option(False, "--piano-roll", help="Also draw <stem>.png, the notes as a piano roll."),
     csv: bool = typer.Option(False, "--csv", help="Also write <stem>.csv, the notes in MusicNet's label format."),
-    threshold: Optional[float] = typer.Option(None, help="Frame probability threshold (default: the one tuned on "
-                                              "validation data and saved with the model, else 0.5)."),
+    threshold: Optional[float] = typer.Option(None, help="Frame probability threshold (a note model: the one that "
+                                              "sustains a note; default: the one tuned on validation data and "
+                                              "saved with the model, else 0.5)."),
+    onset_threshold: Optional[float] = typer.Option(None, help="Onset probability threshold that starts a note "
+                                                    "(note models only; default: the one chosen on validation)."),
     on_error: OnError = typer.Option(OnError.raise_, "--on-error", help="raise: stop at the first bad input; "
                                      "skip: count, report and leave out bad inputs."),
     chunk_seconds: Optional[float] = typer.Option(None, help="Audio kept per chunk (default: as the run's "
-                                                  "evaluation: its training window less the context; memory is "
-                                                  "bounded by one batch of chunks)."),
+                                                  "evaluation: its training window less the context; a note "
+                                                  "model: 10 s; memory is bounded by one batch of chunks)."),
     context_seconds: Optional[float] = typer.Option(None, help="Extra audio the model sees on each side of a "
-                                                    "chunk (default: as the run's evaluation)."),
+                                                    "chunk (default: as the run's evaluation; a note model: its "
+                                                    "front end's receptive field, which this may only widen)."),
     batch_size: Optional[int] = typer.Option(None, help="Chunks per model call (default 8 with the run's "
                                              "chunking; a recurrent context runs much faster batched)."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's, all cores)."),
@@ -71,7 +77,8 @@ def transcribe(
     """Transcribe audio to MIDI with a trained transcription model; prints the real-time factor."""
     from jtm.pipelines.transcribe import transcribe_files
 
-    outcome = transcribe_files(model, _expand_inputs(audio), out, threshold=threshold, piano_roll=piano_roll,
+    outcome = transcribe_files(model, _expand_inputs(audio), out, threshold=threshold,
+                               onset_threshold=onset_threshold, piano_roll=piano_roll,
                                csv=csv, on_error=on_error.value, chunk_seconds=chunk_seconds,
                                context_seconds=context_seconds, batch_size=batch_size, threads=threads,
                                echo=typer.echo)

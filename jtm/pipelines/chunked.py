@@ -14,7 +14,7 @@ reading, so consumers must not publish a result before the stream is exhausted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -81,12 +81,18 @@ def iter_frames(path: str | Path, frames_fn: "FramesFn", chunking: "Chunking", *
     """
     from jtm.models.inference import run_chunked
 
+    yield from checked_frames(path, run_chunked(stream_audio(path), frames_fn, chunking, step_fn=step_fn))
+
+
+def checked_frames(path: str | Path, outputs: Iterable[tuple]) -> Iterator[tuple]:
+    """Pass on a file's outputs ``(first_frame, (n, D), ...)``; a file that gave no frame at all is a
+    :class:`DataError` naming it (less than one frame, 10 ms, of audio)."""
     n_total = 0
-    for first, frames in run_chunked(stream_audio(path), frames_fn, chunking, step_fn=step_fn):
-        n_total += len(frames)
-        yield first, frames
+    for item in outputs:
+        n_total += len(item[1])
+        yield item
     if n_total == 0:
-        raise DataError(path, f"audio is shorter than one {1000 / FRAME_RATE:g} ms frame")
+        raise DataError(Path(path), f"audio is shorter than one {1000 / FRAME_RATE:g} ms frame")
 
 
 # ------------------------------------------------------------------------------------------- many files

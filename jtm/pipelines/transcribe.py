@@ -1,15 +1,25 @@
 """``jtm transcribe``: audio files -> MIDI (and optionally a piano-roll PNG and a MusicNet-format notes CSV).
 
-A downstream model trained for ``transcription`` (128 pitches) or ``pitch-instrument`` (11 x 128 outputs,
-instrument-major) gives a probability per (frame, output) at 100 frames per second. Files of any length are read
-and processed in chunks by the runner evaluation uses (:func:`jtm.models.inference.run_chunked`, the file
-streamed by :mod:`jtm.pipelines.chunked`): by default cut exactly as the run's own evaluation cuts recordings
-(:meth:`Transcriber.chunking`: training-length windows whose outer eighth on each side is context, the run's
-batch size), so a file gets the frame probabilities ``jtm evaluate`` gives the same audio; without a run.json,
-10 s chunks with 1 s of context on each side. Only the core frames are kept. Notes are assembled incrementally by :class:`NoteStitcher`, which reuses
-:func:`jtm.evaluation.notes.roll_to_notes` on a small rolling window of frames, so neither the audio nor the
-probabilities of a whole file are ever held in memory, and the notes equal those of ``roll_to_notes`` on the
-whole file's probabilities (with the evaluation's settings: ``min_frames=2``, no gap merging).
+Two kinds of model:
+
+- A downstream model trained for ``transcription`` (128 pitches) or ``pitch-instrument`` (11 x 128 outputs,
+  instrument-major) gives a probability per (frame, output) at 100 frames per second. Files of any length are
+  read and processed in chunks by the runner evaluation uses (:func:`jtm.models.inference.run_chunked`, the file
+  streamed by :mod:`jtm.pipelines.chunked`): by default cut exactly as the run's own evaluation cuts recordings
+  (:meth:`Transcriber.chunking`: training-length windows whose outer eighth on each side is context, the run's
+  batch size), so a file gets the frame probabilities ``jtm evaluate`` gives the same audio; without a run.json,
+  10 s chunks with 1 s of context on each side. Notes are assembled incrementally by :class:`NoteStitcher`,
+  which reuses :func:`jtm.evaluation.notes.roll_to_notes` on a small rolling window of frames; the notes equal
+  those of ``roll_to_notes`` on the whole file's probabilities (the evaluation's settings: ``min_frames=2``, no
+  gap merging).
+- A note transcriber (:class:`jtm.models.note_transcriber.NoteTranscriber`, a study's notes cell) gives onset
+  and frame probabilities per pitch, streamed by :meth:`NoteTranscriber.stream` (the front end in 10 s chunks
+  with its margin, the head with its receptive field on each side: the probabilities of one pass over the whole
+  file, as ``jtm evaluate`` and the study compute them). :class:`OnsetNoteStitcher` decodes notes from onsets
+  with the thresholds chosen on validation, equal to :func:`jtm.evaluation.notes.decode_notes` on the whole
+  file.
+
+Neither the audio nor the probabilities of a whole file are ever held in memory.
 
 Outputs (each written atomically, only once the whole input has been read and validated):
 ``OUT/<stem>.mid`` (one MIDI instrument per predicted instrument; a transcription model's notes go to a piano),
@@ -29,14 +39,15 @@ from jtm.audio import FRAME_RATE, probe_audio
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS, N_PITCHES
 from jtm.data.tasks import FRAME_TASKS
 from jtm.errors import JTMError, ModelFileError
-from jtm.evaluation.notes import MIN_NOTE_FRAMES, NoteList, make_notes, roll_to_notes
+from jtm.evaluation.notes import MIN_NOTE_FRAMES, NoteList, decode_notes, make_notes, roll_to_notes
 from jtm.fileio import atomic_path, load_json
-from jtm.pipelines.chunked import BatchOutcome, Stopwatch, iter_frames, process_files
+from jtm.pipelines.chunked import BatchOutcome, Stopwatch, checked_frames, iter_frames, process_files, stream_audio
 from jtm.pipelines.embed import output_names
 
 if TYPE_CHECKING:
     from jtm.models.downstream import DownstreamModel
     from jtm.models.inference import Chunking
+    from jtm.models.note_transcriber import NoteTranscriber
 
 PIANO_PROGRAM = 1
 """GM program of the instrument a plain (instrument-less) transcription is written to: acoustic grand piano."""
@@ -147,21 +158,112 @@ class NoteStitcher:
         return out
 
 
+class OnsetNoteStitcher:
+    """:func:`jtm.evaluation.notes.decode_notes` (notes from onsets, sustained by frames) over a stream of
+    (onset, frame) probability blocks, in bounded memory: the notes equal those of ``decode_notes`` on the whole
+    recording's probabilities.
+
+    How: ``decode_notes`` runs on the pending frames. A note whose end is not yet known (it reaches the last
+    pending frame) is open; every note starting before the earliest open note is complete and is emitted, and
+    the frames before that cut are dropped. A run of onset frames crossing the cut belongs to a note already
+    emitted and must not start a second one: the pending frames are decoded after one extra frame holding the
+    onsets active just before them (whose own notes are dropped). A note held for longer than
+    ``max_pending_frames`` (60 s by default; only a stuck prediction does that) is closed there.
+    """
+
+    def __init__(self, onset_threshold: float, frame_threshold: float, frame_rate: float = FRAME_RATE,
+                 max_pending_frames: int = 6000) -> None:
+        for name, value in (("onset", onset_threshold), ("frame", frame_threshold)):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} threshold must be in (0, 1], got {value}")
+        self.onset_threshold, self.frame_threshold = float(onset_threshold), float(frame_threshold)
+        self.frame_rate = frame_rate
+        self.max_pending_frames = max(1, max_pending_frames)
+        self._onset = self._frame = np.zeros((0, N_PITCHES), dtype=np.float32)
+        self._onset_before = np.zeros(N_PITCHES, dtype=bool)  # onsets active in the frame before the pending ones
+        self._pending_start = 0  # global frame index of the first pending frame
+        self._frames = 0
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    @property
+    def frames(self) -> int:
+        return self._frames
+
+    def push(self, onset: np.ndarray, frame: np.ndarray) -> None:
+        """Add the next block of onset and frame probabilities, each (n, 128)."""
+        onset, frame = np.asarray(onset, dtype=np.float32), np.asarray(frame, dtype=np.float32)
+        if onset.shape != frame.shape or onset.ndim != 2 or onset.shape[1] != N_PITCHES:
+            raise ValueError(f"expected onset and frame probabilities (frames, {N_PITCHES}), got {onset.shape} "
+                             f"and {frame.shape}")
+        self._frames += len(onset)
+        self._onset = np.concatenate([self._onset, onset])
+        self._frame = np.concatenate([self._frame, frame])
+        n = len(self._onset)
+        start, end, pitch, confidence = self._decode()
+        running = end >= n
+        cut = int(start[running].min()) if running.any() else n
+        if n >= self.max_pending_frames and cut == 0:
+            cut = n  # a note stuck on for a minute: close it here (bounds memory)
+        self._emit(start, end, pitch, confidence, cut)
+        if cut:
+            self._onset_before = self._onset[cut - 1] >= self.onset_threshold
+        self._onset, self._frame = self._onset[cut:], self._frame[cut:]
+        self._pending_start += cut
+
+    def _decode(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(start frame, end frame, pitch, confidence) of the notes of the pending frames (local frames)."""
+        # The extra first frame: onsets continuing from before the pending frames start no note there.
+        before = self._onset_before.astype(np.float32)[None]
+        onset = np.concatenate([before, self._onset])
+        frame = np.concatenate([np.zeros_like(before), self._frame])
+        notes = decode_notes(onset, frame, self.onset_threshold, self.frame_threshold, self.frame_rate)
+        start = np.round(notes.onset * self.frame_rate).astype(np.int64) - 1
+        end = np.round(notes.offset * self.frame_rate).astype(np.int64) - 1
+        real = start >= 0
+        return start[real], end[real], notes.pitch[real], notes.confidence[real]
+
+    def _emit(self, start: np.ndarray, end: np.ndarray, pitch: np.ndarray, confidence: np.ndarray, cut: int) -> None:
+        keep = start < cut
+        if keep.any():
+            at = self._pending_start
+            self._parts.append((start[keep] + at, end[keep] + at, pitch[keep], confidence[keep]))
+
+    def finish(self) -> NoteList:
+        """Close the stream (notes still sounding end at the last frame): every note, sorted by (onset, pitch)."""
+        if len(self._onset):
+            self._emit(*self._decode(), cut=len(self._onset))
+            self._pending_start += len(self._onset)
+            self._onset, self._frame = self._onset[:0], self._frame[:0]
+        if not self._parts:
+            return make_notes([], [], np.zeros(0, dtype=np.int16))
+        s, e, p, c = (np.concatenate(x) for x in zip(*self._parts))
+        return make_notes(s / self.frame_rate, e / self.frame_rate, p, c)
+
+
 # ------------------------------------------------------------------------------------------ the model
 
 
 @dataclass
 class Transcriber:
-    """A loaded frame model and what its outputs mean."""
+    """A loaded model and what its outputs mean: a frame model (a downstream run's), or a note transcriber
+    (onset and frame outputs, notes decoded from onsets)."""
 
-    model: "DownstreamModel"
+    model: "DownstreamModel | NoteTranscriber"
     task: str
     threshold: float
+    """Frame probability threshold: of frame-wise decoding, or of a note transcriber's sustain."""
     source: Path
     programs: tuple[int, ...]
-    """GM program of each block of 128 outputs: (1,) for transcription, INSTRUMENT_PROGRAMS for pitch-instrument."""
+    """GM program of each block of 128 outputs: (1,) for transcription and notes, INSTRUMENT_PROGRAMS for
+    pitch-instrument."""
     evaluation: "Chunking | None" = None
     """How the run's evaluation cut recordings (``Chunking.for_run`` of its run.json), when known."""
+    onset_threshold: float | None = None
+    """A note transcriber's onset threshold (None for a frame model)."""
+
+    @property
+    def decodes_onsets(self) -> bool:
+        return self.onset_threshold is not None
 
     def chunking(self, chunk_seconds: float | None = None, context_seconds: float | None = None,
                  batch_size: int | None = None) -> "Chunking":
@@ -175,6 +277,8 @@ class Transcriber:
         """
         from jtm.models.inference import Chunking, frames_in
 
+        if self.decodes_onsets:  # the front end's own chunking (see NoteTranscriber.chunking)
+            return self.model.chunking(chunk_seconds, context_seconds, batch_size)
         base = self.evaluation or Chunking.in_seconds(10.0, 1.0, batch_size=1)
         context = None if context_seconds is None else frames_in(context_seconds)
         return dataclasses.replace(
@@ -202,14 +306,23 @@ def resolve_downstream_dir(path: str | Path) -> Path:
     raise ModelFileError(f"{path}: not a downstream run folder (RUN/model/config.json) nor its model/ folder")
 
 
-def load_transcriber(path: str | Path, threshold: float | None = None) -> Transcriber:
-    """Load a downstream run (or its ``model/``) for transcription; refuse models of other tasks.
+def load_transcriber(path: str | Path, threshold: float | None = None,
+                     onset_threshold: float | None = None) -> Transcriber:
+    """Load a downstream run (or its ``model/``), or a note transcriber (a study's notes cell or its ``model/``),
+    for transcription; refuse models of other tasks.
 
-    The threshold is ``threshold`` if given, else the one tuned on validation data (``config.json``), else 0.5.
+    The threshold is ``threshold`` if given, else the one tuned on validation data (``config.json``), else 0.5;
+    a note transcriber's onset threshold likewise from ``onset_threshold``.
     """
     from jtm.models.downstream import DownstreamModel
+    from jtm.models.note_transcriber import is_note_transcriber
 
     folder = resolve_downstream_dir(path)
+    if is_note_transcriber(folder):
+        return _load_note_transcriber(folder, threshold, onset_threshold)
+    if onset_threshold is not None:
+        raise JTMError(f"{folder}: --onset-threshold is for note models (a study's notes cell); this model "
+                       "decodes notes from frames")
     cfg = load_json(folder / "config.json")
     task = cfg.get("task") if isinstance(cfg, dict) else None
     if task not in FRAME_TASKS:
@@ -224,6 +337,19 @@ def load_transcriber(path: str | Path, threshold: float | None = None) -> Transc
     programs = (PIANO_PROGRAM,) if task == "transcription" else tuple(INSTRUMENT_PROGRAMS)
     return Transcriber(model=model, task=task, threshold=float(threshold), source=folder, programs=programs,
                        evaluation=_evaluation_chunking(folder.parent / "run.json"))
+
+
+def _load_note_transcriber(folder: Path, threshold: float | None, onset_threshold: float | None) -> Transcriber:
+    from jtm.models.note_transcriber import NOTE_TASK, NoteTranscriber
+
+    model = NoteTranscriber.from_pretrained(folder)
+    chosen = {"--threshold": model.thresholds.sustain if threshold is None else threshold,
+              "--onset-threshold": model.thresholds.onset if onset_threshold is None else onset_threshold}
+    for option, value in chosen.items():
+        if not 0.0 < value <= 1.0:
+            raise JTMError(f"{option} must be in (0, 1], got {value}")
+    return Transcriber(model=model, task=NOTE_TASK, threshold=float(chosen["--threshold"]), source=folder,
+                       programs=(PIANO_PROGRAM,), onset_threshold=float(chosen["--onset-threshold"]))
 
 
 def _evaluation_chunking(run_json: Path) -> "Chunking | None":
@@ -246,6 +372,29 @@ def iter_probabilities(tr: Transcriber, path: str | Path, chunking: "Chunking | 
     tr.model.eval()
     for _, probs in iter_frames(path, tr.model.frame_probabilities, chunking or tr.chunking()):
         yield probs
+
+
+def iter_note_probabilities(tr: Transcriber, path: str | Path, chunking: "Chunking | None" = None
+                            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A note transcriber's (onset, frame) probabilities of a file, float32 (n, 128) each, chunk by chunk in
+    order (the file streamed; :meth:`NoteTranscriber.stream`, as ``jtm evaluate`` of the model predicts)."""
+    stream = tr.model.stream(stream_audio(path), chunking or tr.chunking())
+    for _, onset, frame in checked_frames(path, stream):
+        yield onset, frame
+
+
+def _decode_file(tr: Transcriber, path: Path, chunking: "Chunking") -> tuple[list[NoteList], int]:
+    """The notes of a file (one NoteList per instrument) and its number of frames, streamed."""
+    if tr.decodes_onsets:
+        assert tr.onset_threshold is not None
+        onsets = OnsetNoteStitcher(tr.onset_threshold, tr.threshold)
+        for onset, frame in iter_note_probabilities(tr, path, chunking):
+            onsets.push(onset, frame)
+        return [onsets.finish()], onsets.frames
+    stitcher = NoteStitcher(tr.n_instruments, tr.threshold)
+    for probs in iter_probabilities(tr, path, chunking):
+        stitcher.push(probs)
+    return stitcher.finish(), stitcher.frames
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -284,12 +433,9 @@ def transcribe_file(tr: Transcriber, path: str | Path, out_dir: str | Path, *, s
     path, out_dir = Path(path), Path(out_dir)
     stem = stem or path.stem
     watch = Stopwatch()
-    stitcher = NoteStitcher(tr.n_instruments, tr.threshold)
-    for probs in iter_probabilities(tr, path, chunking):
-        stitcher.push(probs)
-    per_instrument = stitcher.finish()
-    notes = {prog: nl for prog, nl in zip(tr.programs, per_instrument) if len(nl) or tr.task == "transcription"}
-    duration = stitcher.frames / FRAME_RATE
+    per_instrument, n_frames = _decode_file(tr, path, chunking)
+    notes = {prog: nl for prog, nl in zip(tr.programs, per_instrument) if len(nl) or tr.n_instruments == 1}
+    duration = n_frames / FRAME_RATE
     try:
         duration = probe_audio(path).duration
     except Exception:  # validated while streaming; the header only refines the speed figure
@@ -370,9 +516,10 @@ def write_notes_png(notes_by_program: dict[int, NoteList], path: Path, duration:
 
 
 def transcribe_files(model: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, *,
-                     threshold: float | None = None, piano_roll: bool = False, csv: bool = False,
-                     on_error: str = "raise", chunk_seconds: float | None = None,
-                     context_seconds: float | None = None, batch_size: int | None = None, threads: int | None = None, echo: Callable[[str], None] | None = print) -> BatchOutcome:
+                     threshold: float | None = None, onset_threshold: float | None = None, piano_roll: bool = False,
+                     csv: bool = False, on_error: str = "raise", chunk_seconds: float | None = None,
+                     context_seconds: float | None = None, batch_size: int | None = None, threads: int | None = None,
+                     echo: Callable[[str], None] | None = print) -> BatchOutcome:
     """Transcribe every input with one model loaded once; print each file's real-time factor.
 
     Returns a :class:`~jtm.pipelines.chunked.BatchOutcome` of :class:`TranscribeResult` s and skipped inputs.
@@ -382,10 +529,12 @@ def transcribe_files(model: str | Path, inputs: Sequence[str | Path], out_dir: s
     if threads:
         torch.set_num_threads(threads)
     names = output_names(inputs, "")
-    tr = load_transcriber(model, threshold)
+    tr = load_transcriber(model, threshold, onset_threshold)
     say = echo or (lambda s: None)
     chunking = tr.chunking(chunk_seconds, context_seconds, batch_size)
-    say(f"model {tr.source} ({tr.task}, threshold {tr.threshold:.2f}); chunks of {chunking.core / FRAME_RATE:g} s "
+    decoding = (f"notes from onsets: onset threshold {tr.onset_threshold:.2f}, sustain threshold {tr.threshold:.2f}"
+                if tr.decodes_onsets else f"threshold {tr.threshold:.2f}")
+    say(f"model {tr.source} ({tr.task}, {decoding}); chunks of {chunking.core / FRAME_RATE:g} s "
         f"with {chunking.left / FRAME_RATE:g} s of context on each side, {chunking.batch_size} per batch")
     stem_of = {Path(p): n for p, n in zip(inputs, names)}
 
