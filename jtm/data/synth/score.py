@@ -198,32 +198,59 @@ def extract_notes(score, spec: PieceSpec, *, seed: int, max_seconds: float) -> P
     selected = _select_parts(score, spec)
     if not selected:
         raise ValueError("no part to play")
-    raw: list[tuple[float, float, int, int, int, str, int]] = []  # start_q, dur_q, program, pitch, vel, value, ch
+    raw = _on_channels(selected, end_quarters)
+    if not raw:
+        raise ValueError("the excerpt has no notes")
+    raw.sort(key=lambda r: (r[0], r[6], r[3]))
+    notes = _humanise(raw, rng, tempo_map, end_quarters, max_samples)
+    kept = _cut_overlaps(notes)
+    kept.sort(key=lambda r: (r[0], r[1], r[2], r[3], r[8]))
+    final = tuple(
+        SynthNote(start=s, end=e, program=pg, pitch=pt, start_beat=float(sb), beats=float(b), note_value=v,
+                  velocity=vel, channel=ch)
+        for s, e, pg, pt, sb, b, v, vel, ch in kept
+    )
+    if not final:
+        raise ValueError("the excerpt has no notes")
+    n_samples = max(n.end for n in final) + int(round(TAIL_SECONDS * SYNTH_RATE))
+    return PieceNotes(notes=final, n_samples=n_samples)
+
+
+def _part_notes(part, end_quarters: float) -> list[tuple[float, float, int, int, str]]:
+    """The notes of one part's excerpt (up to ``end_quarters``), ties joined, at sounding pitch:
+    ``(offset_q, duration_q, pitch, velocity, note value)``; a pitch sounds once per onset."""
+    shift = _transposition(part)
+    flat = part.flatten()
+    level_offsets, levels, accents = _dynamics(flat)
+    # Only the excerpt: slicing before stripTies keeps it cheap on long movements.
+    excerpt = flat.getElementsByOffset(0.0, end_quarters, includeEndBoundary=False, mustBeginInSpan=True).stream()
+    seen: set[tuple[float, int]] = set()
+    part_notes: list[tuple[float, float, int, int, str]] = []
+    for el in excerpt.stripTies().notes:
+        dur = float(el.quarterLength)
+        if dur <= 0:  # grace notes have no notated duration
+            continue
+        off = float(el.offset)
+        i = bisect.bisect_right(level_offsets, off) - 1
+        base = levels[i] if i >= 0 else _DEFAULT_VELOCITY
+        vel = base + accents.get(off, 0)
+        value = note_value_name(el.duration)
+        for p in el.pitches:
+            pitch = int(p.midi) + shift
+            if not 0 <= pitch <= 127 or (off, pitch) in seen:  # unison within one part sounds once
+                continue
+            seen.add((off, pitch))
+            part_notes.append((off, dur, pitch, vel, value))
+    return part_notes
+
+
+def _on_channels(selected: list, end_quarters: float) -> list[tuple[float, float, int, int, int, str, int]]:
+    """Every selected part's notes once per program it is played by, each (part, program) on its own MIDI
+    channel (skipping percussion channel 10): ``(offset_q, duration_q, program, pitch, velocity, value, channel)``."""
+    raw: list[tuple[float, float, int, int, int, str, int]] = []
     channel = 0
     for part, programs in selected:
-        shift = _transposition(part)
-        flat = part.flatten()
-        level_offsets, levels, accents = _dynamics(flat)
-        # Only the excerpt: slicing before stripTies keeps it cheap on long movements.
-        excerpt = flat.getElementsByOffset(0.0, end_quarters, includeEndBoundary=False,
-                                           mustBeginInSpan=True).stream()
-        seen: set[tuple[float, int]] = set()
-        part_notes: list[tuple[float, float, int, int, str]] = []
-        for el in excerpt.stripTies().notes:
-            dur = float(el.quarterLength)
-            if dur <= 0:  # grace notes have no notated duration
-                continue
-            off = float(el.offset)
-            i = bisect.bisect_right(level_offsets, off) - 1
-            base = levels[i] if i >= 0 else _DEFAULT_VELOCITY
-            vel = base + accents.get(off, 0)
-            value = note_value_name(el.duration)
-            for p in el.pitches:
-                pitch = int(p.midi) + shift
-                if not 0 <= pitch <= 127 or (off, pitch) in seen:  # unison within one part sounds once
-                    continue
-                seen.add((off, pitch))
-                part_notes.append((off, dur, pitch, vel, value))
+        part_notes = _part_notes(part, end_quarters)
         for program in programs:
             if channel == 9:  # GM channel 10 is percussion
                 channel += 1
@@ -232,14 +259,16 @@ def extract_notes(score, spec: PieceSpec, *, seed: int, max_seconds: float) -> P
             for off, dur, pitch, vel, value in part_notes:
                 raw.append((off, dur, program, pitch, vel, value, channel))
             channel += 1
-    if not raw:
-        raise ValueError("the excerpt has no notes")
+    return raw
 
-    raw.sort(key=lambda r: (r[0], r[6], r[3]))
+
+def _humanise(raw: list[tuple[float, float, int, int, int, str, int]], rng: np.random.Generator,
+              tempo_map: TempoMap, end_quarters: float, max_samples: int) -> list[list]:
+    """``raw`` notes (sorted) in samples, with onset/offset jitter and velocity noise, cut to ``max_samples``:
+    ``[start, end, program, pitch, start_beat, beats, value, velocity, channel]`` lists."""
     n = len(raw)
     jitter = np.clip(rng.normal(0.0, _JITTER_STD_S, size=(n, 2)), -_JITTER_MAX_S, _JITTER_MAX_S)
     vel_noise = rng.integers(-6, 7, size=n)
-
     notes: list[list] = []
     for k, (off, dur, program, pitch, vel, value, ch) in enumerate(raw):
         t0 = tempo_map.seconds(off) + float(jitter[k, 0])
@@ -254,8 +283,12 @@ def extract_notes(score, spec: PieceSpec, *, seed: int, max_seconds: float) -> P
         beats = min(dur, end_quarters - off)
         velocity = int(np.clip(vel + int(vel_noise[k]), 1, 127))
         notes.append([start, end, program, pitch, off, beats, value, velocity, ch])
+    return notes
 
-    # No overlapping notes of one key on one channel (see docstring).
+
+def _cut_overlaps(notes: list[list]) -> list[list]:
+    """No overlapping notes of one key on one channel: the earlier is cut at the later's onset (dropped when
+    nothing is left of it), since a synth's note-off would otherwise silence both."""
     notes.sort(key=lambda r: (r[8], r[3], r[0], r[1]))
     kept: list[list] = []
     for r in notes:
@@ -265,13 +298,4 @@ def extract_notes(score, spec: PieceSpec, *, seed: int, max_seconds: float) -> P
             if prev[1] <= prev[0]:
                 kept.pop()
         kept.append(r)
-    kept.sort(key=lambda r: (r[0], r[1], r[2], r[3], r[8]))
-    final = tuple(
-        SynthNote(start=s, end=e, program=pg, pitch=pt, start_beat=float(sb), beats=float(b), note_value=v,
-                  velocity=vel, channel=ch)
-        for s, e, pg, pt, sb, b, v, vel, ch in kept
-    )
-    if not final:
-        raise ValueError("the excerpt has no notes")
-    n_samples = max(n.end for n in final) + int(round(TAIL_SECONDS * SYNTH_RATE))
-    return PieceNotes(notes=final, n_samples=n_samples)
+    return kept
