@@ -180,3 +180,39 @@ def test_fixed_filters_keep_their_constant_q_start_while_the_rest_trains(tmp_pat
     loaded = CPCEncoder.from_pretrained(tmp_path / "enc")
     assert loaded.config.gabor_learnable is False
     assert not loaded.encoder.filterbank.log_centre_hz.requires_grad
+
+
+def test_frontend_targets_are_the_standardised_filterbank_and_carry_no_gradient():
+    """target='frontend': c is asked to predict the log filterbank frames, standardised per filter over the
+    batch; the loss trains the model only through c (the targets are fixed), and the loss has the filters' width."""
+    from jtm.models.cpc import CPCLoss
+
+    torch.manual_seed(0)
+    config = CPCConfig(encoder="gabor", encoder_dim=16, context_dim=16, gabor_filters=48, gabor_kernel=1025,
+                       predict_steps=3, negatives=8, score="cosine", target="frontend")
+    encoder, loss = CPCEncoder(config), CPCLoss(config)
+    wave = torch.randn(2, 4800)
+    targets, c = encoder.cpc_inputs(wave)
+    assert targets.shape == (2, 30, 48) and c.shape == (2, 30, 16) and not targets.requires_grad
+    torch.testing.assert_close(targets.mean(dim=(0, 1)), torch.zeros(48), atol=1e-5, rtol=0)
+    spectrum = encoder.encoder.spectrum(wave).detach()
+    torch.testing.assert_close(targets, (spectrum - spectrum.mean((0, 1))) / (spectrum.std((0, 1)) + 1e-5))
+    assert loss.weight.shape == (3, 48, 16)
+    loss(c, targets).loss.backward()
+    assert encoder.context.parameters().__next__().grad is not None  # trained through c ...
+    gains = encoder.encoder.log_gain.grad
+    # ... and the filterbank gets gradient only through c's input path, never from the target side
+    encoder.zero_grad()
+    loss(c.detach(), targets).loss.backward()
+    assert encoder.encoder.log_gain.grad is None and gains is not None
+    # CPC's own target is z
+    z_config = CPCConfig(encoder="gabor", encoder_dim=16, context_dim=16, gabor_filters=48, gabor_kernel=1025)
+    z_model = CPCEncoder(z_config)
+    torch.testing.assert_close(z_model.cpc_inputs(wave)[0], z_model(wave)[0])
+
+
+def test_frontend_target_needs_the_gabor_encoder():
+    from jtm.configs import ConfigError
+
+    with pytest.raises(ConfigError, match="target 'frontend' needs the gabor encoder"):
+        CPCConfig(encoder="conv", target="frontend")

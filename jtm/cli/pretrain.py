@@ -11,7 +11,7 @@ from jtm.cli.app import app, choices, config_from_options, default_of, parse_dev
 from jtm.audio import HOP, SAMPLE_RATE
 from jtm.configs import DEFAULT_WINDOW
 from jtm.data.samplers import SAMPLINGS
-from jtm.models.config import CONTEXTS, ENCODERS, GABOR_MIN_KERNEL, NEGATIVE_SOURCES, NORMS, SCORES, CPCConfig
+from jtm.models.config import CONTEXTS, ENCODERS, GABOR_MIN_KERNEL, NEGATIVE_SOURCES, NORMS, SCORES, TARGETS, CPCConfig
 from jtm.training.config import PretrainConfig
 
 Encoder = choices("Encoder", ENCODERS)
@@ -19,6 +19,7 @@ Norm = choices("Norm", NORMS)
 Context = choices("Context", CONTEXTS)
 NegativesFrom = choices("NegativesFrom", NEGATIVE_SOURCES)
 Score = choices("Score", SCORES)
+Target = choices("Target", TARGETS)
 Sampling = choices("Sampling", SAMPLINGS)
 
 
@@ -65,6 +66,9 @@ def pretrain(
                                 "/ --temperature (wav2vec 2.0), which keeps the features from collapsing onto a few "
                                 "directions."),
     temperature: float = typer.Option(_model("temperature"), help="Temperature of the cosine score."),
+    target: Target = typer.Option(_model("target", Target), help="What c predicts: z (CPC's learned encoder "
+                                  "output) or frontend (the gabor filterbank's frames, fixed; keeps pitch in the "
+                                  "features)."),
     sampling: Sampling = typer.Option(_run("sampling", Sampling), help="Where a batch's windows, hence the "
                                       "negatives, come from (samesequence: one recording per batch)."),
     labels_by: Optional[str] = typer.Option(_run("labels_by"), help="Metadata column for samecategory (ensemble, "

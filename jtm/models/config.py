@@ -13,6 +13,7 @@ NORMS = ("layer", "instance", "batch", "none")
 CONTEXTS = ("gru", "lstm", "rnn", "transformer")
 NEGATIVE_SOURCES = ("batch", "window")
 SCORES = ("dot", "cosine")
+TARGETS = ("z", "frontend")
 GABOR_MIN_KERNEL = 1025  # shortest Gabor window accepted (64 ms); the default 2049 resolves semitones from ~300 Hz
 
 
@@ -42,6 +43,10 @@ class CPCConfig:
     score: str = "dot"                               # 'dot': pred . z / D (CPC_audio); 'cosine': cos(pred, z) /
                                                      # temperature (wav2vec 2.0)
     temperature: float = 0.1                         # of the cosine score
+    target: str = "z"                                # what InfoNCE asks c to predict: 'z' (CPC: the learned
+                                                     # encoder output) or 'frontend' (the gabor encoder's log
+                                                     # filterbank frames, standardised over the batch, fixed:
+                                                     # no gradient flows into them)
     reverse: bool = False                            # CPC_audio's reverse mode: the context reads time backwards,
                                                      # predicts the past
     sample_rate: int = bounded(SAMPLE_RATE, 1000, 192000)  # the rate the encoder expects (hop 160: 100 frames/s)
@@ -67,6 +72,10 @@ class CPCConfig:
         choice("context", CONTEXTS)
         choice("negatives_from", NEGATIVE_SOURCES)
         choice("score", SCORES)
+        choice("target", TARGETS)
+        if self.target == "frontend" and self.encoder != "gabor":
+            raise ConfigError(f"CPCConfig.target 'frontend' needs the gabor encoder (its filterbank frames are the "
+                              f"targets), got encoder {self.encoder!r}")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
             raise ConfigError(f"CPCConfig.temperature must be a positive number, got {self.temperature!r}")
         self.temperature = float(self.temperature)
@@ -88,6 +97,11 @@ class CPCConfig:
         if self.gabor_kernel % 2 == 0 or self.gabor_kernel < GABOR_MIN_KERNEL:
             raise ConfigError(f"CPCConfig.gabor_kernel must be odd and at least {GABOR_MIN_KERNEL} samples, "
                              f"got {self.gabor_kernel}")
+
+    @property
+    def target_dim(self) -> int:
+        """Width of the frames InfoNCE scores predictions against (see ``target``)."""
+        return self.gabor_filters if self.target == "frontend" else self.encoder_dim
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

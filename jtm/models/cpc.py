@@ -68,6 +68,24 @@ class CPCEncoder(nn.Module):
         c, _ = self.contextualise(z)
         return z, c
 
+    def cpc_inputs(self, wave: Tensor) -> tuple[Tensor, Tensor]:
+        """wave (B, T) -> (targets (B, F, config.target_dim), c (B, F, context_dim)): what :class:`CPCLoss`
+        scores, the frames c must tell apart, and the contexts that predict them.
+
+        ``target='z'`` (CPC) returns z. ``target='frontend'`` returns the gabor encoder's log filterbank frames,
+        standardised per filter over the batch and detached. Why: a learned target moves towards whatever is
+        easiest to predict; with z as target, 510 steps left z with less linearly readable pitch than the
+        untrained encoder (docs/RESULTS.md). Fixed spectral targets keep pitch in what c must predict, as fixed
+        or slowly moving targets do in HuBERT and data2vec.
+        """
+        if self.config.target == "z":
+            return self(wave)
+        spectrum = self.encoder.spectrum(wave)
+        c, _ = self.contextualise(self.encoder.layers(spectrum))
+        target = spectrum.detach()
+        mean, std = target.mean(dim=(0, 1), keepdim=True), target.std(dim=(0, 1), keepdim=True)
+        return (target - mean) / (std + 1e-5), c
+
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
     def embed(self, waveform, sample_rate: int, layer: str = "context", chunk_seconds: float = 60.0) -> np.ndarray:
@@ -216,7 +234,7 @@ class CPCLoss(nn.Module):
     def __init__(self, config: CPCConfig) -> None:
         super().__init__()
         self.config = config
-        k, de, dc = config.predict_steps, config.encoder_dim, config.context_dim
+        k, de, dc = config.predict_steps, config.target_dim, config.context_dim
         # K linear heads stored as one (K, De, Dc) tensor so all K predictions are a single GEMM
         self.weight = nn.Parameter(torch.empty(k, de, dc))
         self.bias = nn.Parameter(torch.zeros(k, de))
@@ -233,7 +251,8 @@ class CPCLoss(nn.Module):
 
     def forward(self, c: Tensor, z: Tensor, negative_idx: Tensor | None = None,
                 generator: torch.Generator | None = None) -> CPCOutput:
-        """c (B, F, Dc), z (B, F, De) from :class:`CPCEncoder`; negative_idx (B, F - K, N) into the B*F bank."""
+        """c (B, F, Dc) and the targets z (B, F, De) from :meth:`CPCEncoder.cpc_inputs`; negative_idx (B, F - K, N)
+        into the B*F bank."""
         if c.dim() != 3 or z.dim() != 3 or c.shape[:2] != z.shape[:2]:
             raise ValueError(f"c and z must be (B, F, D) with the same B and F, got {tuple(c.shape)}, {tuple(z.shape)}")
         k_steps = self.config.predict_steps

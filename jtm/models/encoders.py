@@ -350,12 +350,20 @@ class GaborEncoder(nn.Module):
         ])
         self.dim = dim
 
-    def forward(self, wave: Tensor) -> Tensor:
-        """(B, T) -> (B, T // 160, D)."""
-        x = torch.log1p(self.log_gain.exp() * self.filterbank(_whole_frames(wave)))  # (B, F, n_filters)
+    def spectrum(self, wave: Tensor) -> Tensor:
+        """(B, T) -> the log filterbank magnitudes (B, T // 160, n_filters) the frame-rate layers read."""
+        return torch.log1p(self.log_gain.exp() * self.filterbank(_whole_frames(wave)))
+
+    def layers(self, spectrum: Tensor) -> Tensor:
+        """(B, F, n_filters) log filterbank magnitudes -> (B, F, D)."""
+        x = spectrum
         for block in self.blocks:
             x = block(x)
         return x
+
+    def forward(self, wave: Tensor) -> Tensor:
+        """(B, T) -> (B, T // 160, D)."""
+        return self.layers(self.spectrum(wave))
 
 
 def build_encoder(config) -> nn.Module:

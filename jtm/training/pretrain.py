@@ -53,7 +53,7 @@ class CPCPretrainModule(KeepsRNGState, pl.LightningModule):
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str, step: int) -> torch.Tensor:
         audio = batch["audio"]
-        z, c = self.encoder(audio)
+        z, c = self.encoder.cpc_inputs(audio)  # z: the targets (config.target)
         batch_size, frames, _ = z.shape
         positions = frames - self.config.predict_steps
         if positions <= 0:
