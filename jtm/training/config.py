@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jtm.audio import HOP
 from jtm.configs import (MAX_WIDTH, MAX_WINDOW, batch_size_field, bounded, check_bounds, count_field, load_config,
@@ -28,8 +28,31 @@ ENCODER_KINDS = ("random", "logmel", "supervised")
 """Front ends named by keyword; any other ``encoder`` value is a path to a pretrained encoder."""
 
 
+_Config = TypeVar("_Config", bound="_RunConfig")
+
+
+class _RunConfig:
+    """What both run configurations do alike: check their bounds when built, and become ``run.json``."""
+
+    model: CPCConfig | None
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]  (every subclass is a dataclass)
+        d["model"] = None if self.model is None else self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls: type[_Config], d: dict[str, Any], source: str | Path = "run.json") -> _Config:
+        """Strictly, as :func:`jtm.configs.load_config`: an unknown key in a ``run.json`` is an error, a missing
+        one takes its default (a pretraining ``run.json`` without ``model`` gets the default model)."""
+        return load_config(cls, d, str(source))
+
+
 @dataclass
-class PretrainConfig:
+class PretrainConfig(_RunConfig):
     """Everything a pretraining run depends on; saved as ``RUN/run.json``."""
 
     data: str
@@ -71,22 +94,9 @@ class PretrainConfig:
     RESUMABLE_CHANGES = ("epochs", "progress", "threads", "devices", "num_nodes", "strategy", "accelerator",
                          "limit_train_batches", "log_every_n_steps", "checkpoint_every_n_steps", "data")
 
-    def __post_init__(self) -> None:
-        check_bounds(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str | Path = "run.json") -> "PretrainConfig":
-        """Strictly, as :func:`jtm.configs.load_config`; a ``run.json`` without ``model`` gets the default model."""
-        return load_config(cls, d, str(source))
-
 
 @dataclass
-class DownstreamConfig:
+class DownstreamConfig(_RunConfig):
     """Everything a downstream run depends on; saved as ``RUN/run.json``."""
 
     data: str
@@ -146,19 +156,6 @@ class DownstreamConfig:
     # Settings that may change between a run and its resumption without changing what is trained.
     RESUMABLE_CHANGES = ("epochs", "progress", "threads", "devices", "strategy", "accelerator", "data",
                          "limit_val_batches", "log_every_n_steps", "tune_max_seconds", "eval_context_frames")
-
-    def __post_init__(self) -> None:
-        check_bounds(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["model"] = None if self.model is None else self.model.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str | Path = "run.json") -> "DownstreamConfig":
-        """Strictly, as :func:`jtm.configs.load_config`: an unknown key in a ``run.json`` is an error."""
-        return load_config(cls, d, str(source))
 
     @property
     def context_frames(self) -> int:
