@@ -29,6 +29,8 @@ def _run(name: str, enum=None):
     return default_of(DownstreamConfig, name, enum)
 
 
+# Deliberately alike in shape (duplicates): one typer.Option a config field, each with its own help, the default read
+# from the dataclass (`_run`, `_study`); typer needs them spelled out in the signature.
 @app.command("downstream")
 def downstream(
     data: Path = typer.Option(..., help="A prepared store (jtm data prepare)."),
@@ -116,6 +118,7 @@ def _study(name: str):
     return default_of(StudyConfig, name)
 
 
+# Alike in shape to `downstream` and `jtm pretrain` on purpose: see the note above `downstream`.
 @app.command("study")
 def study(
     data: Path = typer.Option(..., help="A prepared store with labels."),
