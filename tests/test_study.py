@@ -588,6 +588,34 @@ def test_jtm_transcribe_of_a_notes_cell_gives_the_studys_probabilities_and_notes
         zip(expected.pitch.tolist(), *frames.tolist()))
 
 
+def test_jtm_evaluate_of_a_notes_cell_reproduces_the_studys_test_scores(note_study: NoteStudy, tmp_path: Path) -> None:
+    """jtm evaluate CELL on a copy of the study (found through study.json above the cell): the scores the study
+    gave the cell, written into CELL/metrics.json; the model folder alone needs --data."""
+    from jtm.pipelines.evaluate import evaluate_run, format_metrics
+
+    relative = Path("notes") / "cpc-note" / "f1.0" / "seed0"
+    (tmp_path / "study").mkdir()
+    shutil.copy(note_study.out / "study.json", tmp_path / "study" / "study.json")
+    shutil.copytree(note_study.out / relative, tmp_path / "study" / relative)
+    cell = tmp_path / "study" / relative
+    (cell / "metrics.json").unlink()
+    metrics = evaluate_run(cell, progress=False)
+    study = json.loads((note_study.out / relative / "cell.json").read_text())["result"]["metrics"]
+    for key in ("frame_ap", "onset_ap", "frame_precision", "frame_f1", "note_f1", "note_offset_f1"):
+        assert metrics[key] == pytest.approx(study[key], abs=1e-3), key
+    assert metrics["headline_metric"] == "note_f1" and metrics["task"] == "notes"
+    assert json.loads((cell / "metrics.json").read_text())["note_offset_f1"] == pytest.approx(metrics["note_offset_f1"])
+    assert "note_offset_f1" in format_metrics(metrics) and "onset_ap" in format_metrics(metrics)
+    alone = tmp_path / "alone"
+    shutil.copytree(cell / "model", alone)
+    with pytest.raises(JTMError, match="--data"):
+        evaluate_run(alone, progress=False)
+    with pytest.raises(JTMError, match="--split test"):
+        evaluate_run(alone, "val", data=note_study.store.path, progress=False)
+    assert evaluate_run(alone, data=note_study.store.path, progress=False)["note_f1"] == pytest.approx(
+        metrics["note_f1"])
+
+
 def test_adding_the_notes_task_leaves_the_other_tasks_unchanged(note_study: NoteStudy, tmp_path: Path) -> None:
     """The same transcription cell computed in a study without the notes task gives the same numbers."""
     cfg = replace(note_study.cfg, out=str(tmp_path / "alone"), tasks=("transcription",), methods=("logmel-linear",))
@@ -624,10 +652,10 @@ def test_heldout_timbre_recordings_are_scored_apart(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "store")
     heldout_id = tracks.loc[tracks[TIMBRE_COLUMN] == HELDOUT_TIMBRE, "id"].item()
 
-    cfg = config(store, tiny_pretrained(tmp_path / "pre"), tmp_path / "study", methods=("logmel-linear",),
+    cfg = config(store, tiny_pretrained(tmp_path / "pre"), tmp_path / "study", methods=("logmel-linear", "logmel-note"),
                  fractions=(1.0,), seeds=1, tasks=("transcription", "notes"))
     df = run_study(cfg, log=lambda line: None)
-    assert set(df["task"]) == {"transcription", "notes"}
+    assert set(df["task"]) == {"transcription", "notes"} and len(df) == 3
     assert (df["n_test"] == 1).all() and (df["n_test_heldout_timbre"] == 1).all()
     assert df["heldout_timbre_headline"].between(0, 1).all()
     assert not np.allclose(df["heldout_timbre_headline"], df["headline"])  # another recording, another score
@@ -635,4 +663,21 @@ def test_heldout_timbre_recordings_are_scored_apart(tmp_path: Path) -> None:
         splits = json.loads(cell.read_text())
         assert splits["test_heldout_timbre"] == [heldout_id] and heldout_id not in splits["test"]
     summary = pd.read_csv(tmp_path / "study" / "summary.csv")
-    assert summary.dropna(subset=["heldout_timbre_headline_mean"])["method"].tolist() == ["logmel-linear"] * 2
+    assert sorted(summary.dropna(subset=["heldout_timbre_headline_mean"])["method"]) == [
+        "logmel-linear", "logmel-linear", "logmel-note"]
+    # jtm evaluate scores the held-out-timbre recordings apart too, as the study did: a frame model and a note model
+    from jtm.pipelines.evaluate import evaluate_run, format_metrics
+
+    # (a frame model's evaluation cuts recordings into training windows, whose STFT edges the study's whole-recording
+    # features do not have: its scores are compared with the study's only for the note model, which is exact)
+    for task, method, keys in (("transcription", "logmel-linear", ()),
+                               ("notes", "logmel-note", ("frame_f1", "onset_ap", "note_f1", "note_offset_f1"))):
+        metrics = evaluate_run(tmp_path / "study" / task / method / "f1.0" / "seed0", progress=False)
+        row = df[(df["task"] == task) & (df["method"] == method)].iloc[0]
+        assert metrics["n_tracks"] == 1 and metrics["n_tracks_heldout_timbre"] == 1
+        assert metrics["heldout_timbre_tracks"] == [heldout_id] and heldout_id not in metrics["tracks"]
+        assert "note_offset_f1" in metrics and "heldout_timbre_note_offset_f1" in metrics
+        for key in keys:
+            assert metrics[key] == pytest.approx(row[key], abs=2e-3), (task, key)
+            assert metrics[f"heldout_timbre_{key}"] == pytest.approx(row[f"heldout_timbre_{key}"], abs=2e-3), (task, key)
+        assert 0 <= metrics["heldout_timbre_note_f1"] <= 1 and "heldout_timbre_note_f1" in format_metrics(metrics)

@@ -1,4 +1,5 @@
-"""``jtm evaluate RUN``: score a downstream run on whole recordings of a split and write ``RUN/metrics.json``.
+"""``jtm evaluate RUN``: score a downstream run (or a note model) on whole recordings of a split and write
+``RUN/metrics.json``.
 
 Whole recordings, not random windows. Every labelled recording of the split is predicted from start to end:
 - frame tasks: ``DownstreamModel.predict_frames`` (the chunked runner :mod:`jtm.models.inference`, cutting as
@@ -15,7 +16,8 @@ Whole recordings, not random windows. Every labelled recording of the split is p
 Metrics (pooled over the recordings of the split):
 - transcription: ``frame_ap`` (sklearn AP micro-averaged over all frame x pitch cells, MusicNet's protocol),
   ``frame_precision/recall/f1/accuracy`` at the threshold tuned on validation (mir_eval.multipitch),
-  ``note_precision/recall/f1`` (mir_eval.transcription, onsets within 50 ms, offsets ignored) after turning
+  ``note_precision/recall/f1`` (mir_eval.transcription, onsets within 50 ms, offsets ignored) and
+  ``note_offset_precision/recall/f1`` (offsets also within max(20 % of the note, 50 ms)) after turning
   frame probabilities into notes (``jtm.evaluation.notes.roll_to_notes``; reference notes come from the note
   table), and ``per_track`` frame AP.
 - pitch-instrument: the same keys on the pitch projection (max over instruments) so they compare with
@@ -23,6 +25,16 @@ Metrics (pooled over the recordings of the split):
   ``ap_per_instrument`` (nan for instruments absent from the split) and ``mean_instrument_ap``.
 - classification: ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``per_class_f1``, ``confusion`` (per window)
   and the same prefixed ``track_`` for the majority vote; ``RUN/confusion.csv`` and ``RUN/confusion.png``.
+
+Test recordings of held-out timbres (``Store.heldout_timbre``: timbre configurations no training recording
+has) are scored apart, with the same threshold: the keys above for them carry the prefix ``heldout_timbre_``
+(scalars only), with ``n_tracks_heldout_timbre`` and ``heldout_timbre_tracks``.
+
+A **note model** (:class:`jtm.models.note_transcriber.NoteTranscriber`: a study's notes cell or its ``model/``)
+is scored by :func:`evaluate_note_model` as the study scores the cell (:func:`score_notes`: recordings pooled
+with silence between them; frame P/R/F1 and AP, ``onset_ap``, ``note_*`` onset-only and ``note_offset_*`` with
+offsets, notes decoded from onsets with the thresholds saved in the model), on the test recordings and the
+held-out-timbre ones apart.
 
 Also written: ``RUN/excerpt.npz`` (frame tasks): ``truth`` bool (F, 128), ``prob`` float32 (F, 128) of the first
 ``excerpt_seconds`` of the first recording, with ``threshold``, ``frame_rate`` and ``track_id``; numpy arrays
@@ -45,7 +57,7 @@ from jtm.audio import FRAME_RATE, HOP
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, MUSICNET_INSTRUMENTS
 from jtm.data.labels import N_INSTRUMENTS, track_onset_roll
 from jtm.data.store import Store
-from jtm.data.tasks import frame_roll, task_data
+from jtm.data.tasks import frame_roll, labelled_tracks, task_data
 from jtm.errors import JTMError
 from jtm.evaluation.metrics import (classification_metrics, frame_average_precision, frame_prf, note_prf,
                                     note_task_metrics, per_instrument_ap)
@@ -120,7 +132,7 @@ def _write_excerpt(run: Path, truth: np.ndarray, prob: np.ndarray, threshold: fl
                         title=f"track {track_id}: first {len(truth) / FRAME_RATE:.0f} s")
 
 
-def evaluate_frames(model: DownstreamModel, store: Store, tracks: np.ndarray, cfg: DownstreamConfig, run: Path,
+def evaluate_frames(model: DownstreamModel, store: Store, tracks: np.ndarray, cfg: DownstreamConfig, run: Path | None,
                     *, chunking: Chunking, max_seconds: float | None, excerpt_seconds: float,
                     log: Callable[[str], None]) -> dict[str, Any]:
     """Predict whole recordings of a frame task (cut by ``chunking``, see :func:`frame_chunking`) and score
@@ -165,11 +177,14 @@ def score_frames(store: Store, tracks: np.ndarray, task: str, probs: list[np.nda
             _write_excerpt(run, truth[:m], prob[:m], threshold, ids[t])
     truth, prob = np.concatenate(truths), np.concatenate(pitch_probs)
     frame = frame_prf(truth, prob, threshold, FRAME_RATE)
-    note = note_prf(concat_notes(ref_parts), concat_notes(est_parts))
+    ref_notes, est_notes = concat_notes(ref_parts), concat_notes(est_parts)
+    note = note_prf(ref_notes, est_notes)
+    note_offset = note_prf(ref_notes, est_notes, offset_ratio=0.2)
     metrics: dict[str, Any] = {
         "frame_ap": frame_average_precision(truth, prob),
         **{f"frame_{k}": v for k, v in frame.items()},
         **{f"note_{k}": v for k, v in note.items()},
+        **{f"note_offset_{k}": v for k, v in note_offset.items()},
         "threshold": threshold,
         "n_ref_notes": int(sum(len(n) for _, n in ref_parts)),
         "n_est_notes": int(sum(len(n) for _, n in est_parts)),
@@ -253,7 +268,7 @@ def track_labels(store: Store, tracks: np.ndarray, task: str, classes: list[str]
 
 
 def evaluate_classification(model: DownstreamModel, store: Store, tracks: np.ndarray, cfg: DownstreamConfig,
-                            run: Path, *, batch_size: int, max_seconds: float | None,
+                            run: Path | None, *, batch_size: int, max_seconds: float | None,
                             log: Callable[[str], None]) -> dict[str, Any]:
     """Classify every window of whole recordings; score per window and per recording (majority vote)."""
     classes = list(model.classes or [])
@@ -308,12 +323,45 @@ def frame_chunking(cfg: DownstreamConfig, context_frames: int | None = None,
     return Chunking.for_window(cfg.window, context, batch_size or cfg.batch_size)
 
 
+HELDOUT_PREFIX = "heldout_timbre_"
+"""Prefix of the scores of the held-out-timbre test recordings (``Store.heldout_timbre``), scored apart."""
+N_HELDOUT = "n_tracks_heldout_timbre"
+
+
+def split_heldout_timbre(store: Store, tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recordings of the training timbres, held-out-timbre recordings) of ``tracks``; when every recording has
+    a held-out timbre they are all scored as the main set (nothing to hold apart)."""
+    heldout = store.heldout_timbre(tracks)
+    if heldout.all():
+        return tracks, tracks[:0]
+    return tracks[~heldout], tracks[heldout]
+
+
+def heldout_scores(metrics: dict[str, Any], tracks: np.ndarray, store: Store, headline: str) -> dict[str, Any]:
+    """The scalar scores of the held-out-timbre recordings under ``heldout_timbre_*`` keys, with their count,
+    their ids and their headline."""
+    ids = store.tracks["id"].astype(str).to_numpy()
+    out: dict[str, Any] = {f"{HELDOUT_PREFIX}{k}": v for k, v in metrics.items()
+                           if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
+    out[f"{HELDOUT_PREFIX}headline"] = metrics.get(headline)
+    out[N_HELDOUT] = int(len(tracks))
+    out[f"{HELDOUT_PREFIX}tracks"] = ids[tracks].tolist()
+    return out
+
+
 def evaluate_run(run: str | Path, split: str = "test", *, data: str | Path | None = None,
                  context_frames: int | None = None, batch_size: int | None = None, max_seconds: float | None = None,
                  excerpt_seconds: float = 10.0, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a finished downstream run on whole recordings of ``split``; write ``RUN/metrics.json``
-    atomically and return the metrics. ``data`` overrides the store recorded in ``run.json``."""
+    """Evaluate a finished downstream run, or a note transcriber (a study's notes cell or its ``model/``, see
+    :func:`evaluate_note_model`), on whole recordings of ``split``; write ``RUN/metrics.json`` atomically and
+    return the metrics. ``data`` overrides the store recorded in ``run.json``. Held-out-timbre recordings are
+    scored apart (``heldout_timbre_*`` keys) when the split has them."""
+    from jtm.models.note_transcriber import is_note_transcriber
+
     run = Path(run)
+    if is_note_transcriber(run) or is_note_transcriber(run / "model"):
+        return evaluate_note_model(run, split, data=data, batch_size=batch_size, max_seconds=max_seconds,
+                                   progress=progress)
     if not (run / "run.json").is_file():
         raise JTMError(f"{run}: not a downstream run folder (no run.json)")
     if not (run / "model" / "config.json").is_file():
@@ -321,17 +369,23 @@ def evaluate_run(run: str | Path, split: str = "test", *, data: str | Path | Non
     cfg = DownstreamConfig.from_dict(load_json(run / "run.json"))
     store = Store.open(data or cfg.data)
     model = DownstreamModel.from_pretrained(run / "model")
-    tracks = split_tracks_of_run(store, cfg, split)
+    tracks, heldout = split_heldout_timbre(store, split_tracks_of_run(store, cfg, split))
     log: Callable[[str], None] = print if progress else (lambda _msg: None)
-    log(f"evaluating {run} on {len(tracks)} {split} recording(s)")
+    log(f"evaluating {run} on {len(tracks)} {split} recording(s)"
+        + (f" and {len(heldout)} of held-out timbres" if len(heldout) else ""))
     t0 = time.perf_counter()
     chunking = frame_chunking(cfg, context_frames, batch_size)
-    if model.is_frame_task:
-        metrics = evaluate_frames(model, store, tracks, cfg, run, chunking=chunking, max_seconds=max_seconds,
-                                  excerpt_seconds=excerpt_seconds, log=log)
-    else:
-        metrics = evaluate_classification(model, store, tracks, cfg, run, batch_size=chunking.batch_size,
-                                          max_seconds=max_seconds, log=log)
+
+    def scores(subset: np.ndarray, folder: Path | None) -> dict[str, Any]:
+        if model.is_frame_task:
+            return evaluate_frames(model, store, subset, cfg, folder, chunking=chunking, max_seconds=max_seconds,
+                                   excerpt_seconds=excerpt_seconds, log=log)
+        return evaluate_classification(model, store, subset, cfg, folder, batch_size=chunking.batch_size,
+                                       max_seconds=max_seconds, log=log)
+
+    metrics = scores(tracks, run)
+    if len(heldout):
+        metrics.update(heldout_scores(scores(heldout, None), heldout, store, headline_metric(cfg.task)))
     ids = store.tracks["id"].astype(str).to_numpy()
     result = {
         "task": cfg.task, "split": split, "headline_metric": headline_metric(cfg.task),
@@ -342,6 +396,69 @@ def evaluate_run(run: str | Path, split: str = "test", *, data: str | Path | Non
     }
     write_json_atomic(run / "metrics.json", json_safe(result))
     return result
+
+
+def evaluate_note_model(run: str | Path, split: str = "test", *, data: str | Path | None = None,
+                        batch_size: int | None = None, max_seconds: float | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Score a note transcriber (a study's notes cell, or a model folder) on the labelled test recordings: frame
+    P/R/F1 and AP, onset AP, note F1 onset-only and with offsets (:func:`score_notes`, as the study scores the
+    cell), with the thresholds saved in the model; the held-out-timbre recordings apart (``heldout_timbre_*``).
+    Recordings are predicted by :meth:`NoteTranscriber.predict` (streamed, as ``jtm transcribe`` predicts).
+
+    The store is ``data``, else the one of the study the cell belongs to (``study.json`` above it). Writes
+    ``RUN/metrics.json`` into the folder given."""
+    from jtm.models.note_transcriber import NOTE_TASK, NoteTranscriber, is_note_transcriber
+
+    run = Path(run)
+    model = NoteTranscriber.from_pretrained(run if is_note_transcriber(run) else run / "model")
+    if split != "test":
+        raise JTMError(f"{run}: a note model is scored on the test recordings (its validation and training "
+                       "recordings belong to the study that trained it); use --split test")
+    store = Store.open(data if data is not None else _study_store(run))
+    tracks, heldout = split_heldout_timbre(store, labelled_tracks(store, "transcription", "test"))
+    if len(tracks) == 0:
+        raise JTMError(f"{store.path}: no labelled test recordings to score")
+    log: Callable[[str], None] = print if progress else (lambda _msg: None)
+    log(f"evaluating the note model {run} on {len(tracks)} test recording(s)"
+        + (f" and {len(heldout)} of held-out timbres" if len(heldout) else ""))
+    t0 = time.perf_counter()
+    chunking = model.chunking(batch_size=batch_size)
+    limit = None if max_seconds is None else int(max_seconds * store.sample_rate)
+    ids = store.tracks["id"].astype(str).to_numpy()
+    thresholds = model.thresholds
+
+    def scores(subset: np.ndarray) -> dict[str, Any]:
+        outputs = []
+        for k, t in enumerate(subset):
+            started = time.perf_counter()
+            outputs.append(model.predict(store.audio(int(t))[:limit], chunking))
+            log(f"  {k + 1}/{len(subset)} {ids[t]}: {len(outputs[-1][0]) / FRAME_RATE:.1f} s in "
+                f"{time.perf_counter() - started:.1f} s")
+        return score_notes(store, subset, outputs, thresholds.frame, thresholds.sustain, thresholds.onset)
+
+    metrics = scores(tracks)
+    if len(heldout):
+        metrics.update(heldout_scores(scores(heldout), heldout, store, NOTE_HEADLINE))
+    result = {"task": NOTE_TASK, "split": split, "headline_metric": NOTE_HEADLINE, "headline": metrics[NOTE_HEADLINE],
+              "model": str(run), "n_tracks": int(len(tracks)), "tracks": ids[tracks].tolist(),
+              "max_seconds": max_seconds, "seconds": round(time.perf_counter() - t0, 3), **metrics}
+    write_json_atomic(run / "metrics.json", json_safe(result))
+    return result
+
+
+NOTE_HEADLINE = "note_f1"
+"""The headline of the notes task: note F1, onsets only."""
+
+
+def _study_store(cell: Path) -> str:
+    """The store of the study a notes cell (``STUDY/notes/<method>/f<fraction>/seed<k>``) belongs to."""
+    for folder in (cell, *cell.resolve().parents[:5]):
+        if (folder / "study.json").is_file():
+            study = load_json(folder / "study.json")
+            if isinstance(study, dict) and isinstance(study.get("data"), str):
+                return study["data"]
+    raise JTMError(f"{cell}: not inside a study folder (no study.json above it); name the store with --data")
 
 
 def json_safe(obj: Any) -> Any:
@@ -359,17 +476,22 @@ def json_safe(obj: Any) -> Any:
 
 
 TABLE_KEYS = ("frame_ap", "pitch_instrument_ap", "mean_instrument_ap", "frame_precision", "frame_recall", "frame_f1",
-              "note_precision", "note_recall", "note_f1", "threshold", "accuracy", "balanced_accuracy", "macro_f1",
-              "track_accuracy", "track_balanced_accuracy", "track_macro_f1")
+              "onset_ap", "note_precision", "note_recall", "note_f1", "note_offset_precision", "note_offset_recall",
+              "note_offset_f1", "threshold", "onset_threshold", "sustain_threshold", "accuracy", "balanced_accuracy",
+              "macro_f1", "track_accuracy", "track_balanced_accuracy", "track_macro_f1")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A two-column text table of the scalar metrics worth reading."""
-    rows = [(k, metrics[k]) for k in TABLE_KEYS if k in metrics]
+    rows = [(k, metrics[k]) for k in TABLE_KEYS if k in metrics and metrics[k] is not None]
+    rows += [(f"{HELDOUT_PREFIX}{k}", metrics[f"{HELDOUT_PREFIX}{k}"]) for k in TABLE_KEYS
+             if metrics.get(f"{HELDOUT_PREFIX}{k}") is not None and "threshold" not in k]
     rows += [(f"AP {name}", v) for name, v in (metrics.get("ap_per_instrument") or {}).items()
              if v is not None and not (isinstance(v, float) and math.isnan(v))]
     width = max([len(k) for k, _ in rows] + [6])
     head = f"{metrics.get('task', '')} on {metrics.get('n_tracks', '?')} {metrics.get('split', '')} recording(s)"
+    if metrics.get(N_HELDOUT):
+        head += f" (+ {metrics[N_HELDOUT]} of held-out timbres: {HELDOUT_PREFIX}*)"
     lines = [head, "-" * max(len(head), width + 10)]
     for key, value in rows:
         shown = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"

@@ -70,8 +70,8 @@ from jtm.models.logmel import LogMel
 from jtm.models.note_transcriber import NoteThresholds, NoteTranscriber
 from jtm.pipelines.arms import (NOTE_HEAD, ONSET_MAX_POS_WEIGHT, ONSET_WIDTH, EndToEnd, FrozenNoteHead, FrozenProbe,
                                 TaskView, frame_limit)
-from jtm.pipelines.evaluate import (headline_metric, json_safe, pool_recordings, score_classification, score_frames,
-                                    score_notes, track_labels)
+from jtm.pipelines.evaluate import (NOTE_HEADLINE, headline_metric, json_safe, pool_recordings, score_classification,
+                                    score_frames, score_notes, track_labels)
 from jtm.pipelines.features import FeatureCache
 from jtm.training.config import DownstreamConfig
 from jtm.pipelines.study_config import METHODS, NOTE_TASK, StudyConfig
@@ -126,7 +126,7 @@ class _Frontends:
 
 def _headline(task: str) -> str:
     """The metric a study reports per task: note-onset F1 for the notes task, else ``jtm evaluate``'s."""
-    return "note_f1" if task == NOTE_TASK else headline_metric(task)
+    return NOTE_HEADLINE if task == NOTE_TASK else headline_metric(task)
 
 
 def _task_view(cfg: StudyConfig, store: Store, task: str, fraction: float, repeat: int) -> TaskView:
