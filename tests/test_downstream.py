@@ -240,3 +240,26 @@ def test_step_budget_is_the_same_at_every_label_fraction(prepared_store, tmp_pat
         for key, value in saved.items():
             torch.testing.assert_close(value, best["state_dict"][f"model.probe.{key}"])
     assert steps == reported == {0.3: 7, 1.0: 7}
+
+
+def test_training_layer_trains_and_leaves_the_model_to_the_pipeline(prepared_store, tmp_path: Path) -> None:
+    """train_downstream writes the run's configuration, splits and checkpoints and returns the trained model;
+    tuning the threshold and saving RUN/model is the pipeline's step (jtm.pipelines.downstream)."""
+    from jtm.training.downstream import resolve_config, train_downstream
+
+    store, _ = prepared_store
+    run = train_downstream(resolve_config(_cfg(store, tmp_path / "run", encoder="logmel")))
+    assert run.is_global_zero and run.model.is_frame_task and not run.model.training
+    assert run.summary["steps"] == 2 and run.summary["n_val_tracks"] == len(run.data.splits.val)
+    assert (tmp_path / "run" / "run.json").is_file() and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_refused_memory_budget_leaves_no_run_json(prepared_store, tmp_path: Path) -> None:
+    """A budget below one recording fails before anything is written, so the corrected command is not refused as a
+    changed configuration."""
+    store, _ = prepared_store
+    with pytest.raises(ValueError, match="max_memory_bytes"):
+        run_downstream(_cfg(store, tmp_path / "run", encoder="logmel", max_memory_gb=1e-6))
+    assert not (tmp_path / "run" / "run.json").exists()
+    assert not run_downstream(_cfg(store, tmp_path / "run", encoder="logmel"))["skipped"]
