@@ -259,3 +259,42 @@ def test_old_format_study_still_renders(tmp_path: Path) -> None:
     assert 'class="error"' not in html and "±" not in _section(html, "results")
     assert "old: results.csv" in html and "cpc-linear" in _section(html, "results")
     assert len(p.images) == 1
+
+
+def test_notes_study_shows_frame_and_note_scores_and_held_out_timbres(tmp_path: Path) -> None:
+    """A notes task: frame F1, note F1 and note F1 with offsets per arm and fraction, mean ± CI over seeds; the
+    held-out-timbre columns appear for every task whose results.csv rows have them, and not otherwise."""
+    import pandas as pd
+
+    study = tmp_path / "study"
+    study.mkdir()
+    rows = []
+    for seed in range(3):
+        rows.append({"task": "notes", "method": "logmel-note", "fraction": 1.0, "seed": seed,
+                     "headline_metric": "note_f1", "headline": 0.50 + 0.01 * seed, "note_f1": 0.50 + 0.01 * seed,
+                     "frame_f1": 0.70 + 0.02 * seed, "note_offset_f1": 0.30, "lr": 0.001,
+                     "heldout_timbre_headline": 0.40 + 0.01 * seed, "heldout_timbre_note_f1": 0.40 + 0.01 * seed,
+                     "heldout_timbre_frame_f1": 0.61, "heldout_timbre_note_offset_f1": 0.21})
+        rows.append({"task": "transcription", "method": "logmel-linear", "fraction": 1.0, "seed": seed,
+                     "headline_metric": "frame_ap", "headline": 0.6, "frame_f1": 0.5, "lr": 0.001,
+                     "heldout_timbre_headline": 0.45 + 0.02 * seed})
+        rows.append({"task": "ensemble", "method": "cpc-linear", "fraction": 1.0, "seed": seed,
+                     "headline_metric": "accuracy", "headline": 0.9, "lr": 0.001})
+    pd.DataFrame(rows).to_csv(study / "results.csv", index=False)
+    html = render_report([study])
+    parse(html)
+    results = _section(html, "results")
+    assert 'class="error"' not in html
+    notes = results[results.index("<h4>notes: test scores"):]
+    notes = notes[:notes.index("</table>")]
+    headers = ["frame F1", "note F1", "note F1 with offsets", "held-out timbres: frame F1",
+               "held-out timbres: note F1", "held-out timbres: note F1 with offsets"]
+    assert [notes.index(f"<th>{h}</th>") for h in headers] == sorted(notes.index(f"<th>{h}</th>") for h in headers)
+    # frame F1 0.70, 0.72, 0.74 -> 0.720 ± t(0.975, 2) * 0.02 / sqrt(3) = 0.050; note F1 0.510 ± 0.025
+    assert "0.720 ± 0.050" in notes and "0.510 ± 0.025" in notes and "0.300 ± 0.000" in notes and "0.410 ± 0.025" in notes
+    assert "<th>logmel-note</th>" in notes
+    transcription = results[results.index("<h4>transcription: test scores"):]
+    transcription = transcription[:transcription.index("</table>")]
+    assert "<th>frame_ap</th>" in transcription and "<th>held-out timbres: frame_ap</th>" in transcription
+    assert "0.470 ± 0.050" in transcription
+    assert "<h4>ensemble: test scores" not in results  # nothing beyond its headline to show

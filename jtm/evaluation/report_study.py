@@ -31,7 +31,8 @@ def chance_rows(summary: pd.DataFrame | None, task: str) -> pd.DataFrame | None:
 def _metric_columns(df: pd.DataFrame) -> list[str]:
     """The metric columns of a wide results table: numeric columns that are not identifiers."""
     ids = {"fraction", "seed", "n_train", "n_labelled", "epochs", "threshold", "n_ref_notes", "n_est_notes",
-           "seconds", "n_test", "n_val", "n_train_tracks", "n_windows"}
+           "seconds", "n_test", "n_val", "n_train_tracks", "n_windows", "n_test_heldout_timbre", "onset_threshold",
+           "sustain_threshold"}
     return [c for c in df.columns if c not in ids and pd.api.types.is_numeric_dtype(df[c])]
 
 
@@ -133,7 +134,7 @@ def study_results_html(study: Path, name: str) -> str:
     if summary is None:
         return f"<h3>{esc(name)}: results.csv</h3>" + table(results_summary(results))
     per_seed = table(results_summary(results))
-    return (f"<h3>{esc(name)}</h3>" + summary_tables(summary)
+    return (f"<h3>{esc(name)}</h3>" + summary_tables(summary) + metric_tables(results)
             + f"<details><summary>Every run ({len(results)} rows of results.csv)</summary>{per_seed}</details>")
 
 
@@ -159,6 +160,62 @@ def summary_tables(summary: pd.DataFrame) -> str:
             parts.append(f"<p>Learning rate chosen on validation, per seed ({esc(task)}):</p>")
             parts.append(_grid_table(learned, fractions, lambda m, f: _lrs_cell(cells.get((m, f))), "spread lrs"))
     return "".join(parts)
+
+
+NOTE_COLUMNS = (("frame_f1", "frame F1"), ("note_f1", "note F1"), ("note_offset_f1", "note F1 with offsets"))
+"""The notes task's scores in the report, besides its headline table (results.csv columns, labels)."""
+HELDOUT_PREFIX = "heldout_timbre_"
+"""results.csv columns of the held-out-timbre test recordings carry this prefix."""
+
+
+def metric_tables(results: pd.DataFrame) -> str:
+    """Per task, when results.csv has more than the headline to show: the notes task's frame F1, note F1 and
+    note F1 with offsets, and any task's scores on the held-out-timbre test recordings, as mean ± 95 % CI
+    half-width over seeds (rows: method and label fraction; columns: metrics)."""
+    if not {"task", "method", "fraction", "seed"} <= set(results.columns):
+        return ""
+    parts = []
+    for task, grp in results.groupby("task", sort=False):
+        columns = _metric_columns_of(str(task), grp)
+        if not columns:
+            continue
+        heldout = any(c.startswith(HELDOUT_PREFIX) for c, _ in columns)
+        parts.append(f"<h4>{esc(task)}: test scores, mean ± 95 % CI half-width over seeds"
+                     + (" (held-out timbres: the test recordings of timbre configurations no training recording "
+                        "has, scored apart with the same thresholds)" if heldout else "") + "</h4>")
+        parts.append(_metric_table(grp, columns))
+    return "".join(parts)
+
+
+def _metric_columns_of(task: str, grp: pd.DataFrame) -> list[tuple[str, str]]:
+    """(column, label) of the metrics shown for one task: [] when there is nothing beyond the headline."""
+    def present(column: str) -> bool:
+        return column in grp.columns and pd.to_numeric(grp[column], errors="coerce").notna().any()
+
+    base = [(c, label) for c, label in NOTE_COLUMNS if task == "notes" and present(c)]
+    if not base and present("headline"):
+        names = grp["headline_metric"].dropna() if "headline_metric" in grp.columns else pd.Series(dtype=object)
+        base = [("headline", str(names.iloc[0]) if len(names) else "headline")]
+    heldout = [(f"{HELDOUT_PREFIX}{c}", f"held-out timbres: {label}") for c, label in base
+               if present(f"{HELDOUT_PREFIX}{c}")]
+    return base + heldout if task == "notes" or heldout else []
+
+
+def _metric_table(grp: pd.DataFrame, columns: Sequence[tuple[str, str]]) -> str:
+    """Rows (method, fraction) of one task, one mean ± CI cell per metric column."""
+    from jtm.evaluation.stats import mean_ci
+
+    head = ("<tr><th>method</th><th>fraction</th>" + "".join(f"<th>{esc(label)}</th>" for _, label in columns)
+            + "</tr>")
+    rows = []
+    for (method, fraction), cell in grp.groupby(["method", "fraction"], sort=False):
+        tds = []
+        for column, _ in columns:
+            s = mean_ci(pd.to_numeric(cell[column], errors="coerce").dropna())
+            tds.append(_spread_cell(pd.Series({**s, "n_seeds": s["n"]}) if s["n"] else None))
+        rows.append(f"<tr><th>{esc(method)}</th><td class=\"num\">{esc(f'{float(fraction):g}')}</td>"
+                    + "".join(tds) + "</tr>")
+    return html_table(head, rows, css_class="spread")
 
 
 def _grid_table(methods: Sequence[str], fractions: Sequence[float], cell: Callable[[str, float], str],
@@ -206,7 +263,8 @@ def _lrs_cell(row: pd.Series | None) -> str:
 
 
 RESULT_COLUMNS = ("task", "method", "fraction", "seed", "headline_metric", "headline", "val_score", "lr",
-                  "best_step", "steps", "frame_ap", "frame_f1", "note_f1",
+                  "best_step", "steps", "frame_ap", "frame_f1", "note_f1", "note_offset_f1", "onset_ap",
+                  "heldout_timbre_headline", "n_test_heldout_timbre",
                   "accuracy", "balanced_accuracy", "macro_f1", "track_accuracy", "n_train_tracks", "n_test",
                   "train_seconds", "eval_seconds")
 """Columns of a study's results.csv shown in the report (when present), in this order."""
