@@ -114,7 +114,39 @@ def roll_to_notes(
 
     Limitation: two ground-truth notes of the same pitch that touch (one ends in the frame the next starts)
     are indistinguishable in a roll and come back as one note; pass explicit notes to the note metric if known.
+
+    Steps: :func:`_active_runs` (runs of active frames per pitch), :func:`_run_statistics` (their sums and
+    peaks), :func:`_bridge_gaps` (``merge_gap``), then the runs that are long and confident enough become notes.
     """
+    roll = _checked_roll(roll, min_frames, merge_gap)
+    prob = roll.astype(np.float32, copy=False)
+    active = roll if roll.dtype == bool else prob >= threshold
+    runs = _bridge_gaps(_run_statistics(prob, _active_runs(active)), merge_gap)
+    keep = (runs.end - runs.start) >= min_frames
+    if onset_threshold is not None:
+        keep &= runs.peak >= onset_threshold
+    confidence = (runs.total[keep] / np.maximum(runs.length[keep], 1)).astype(np.float32)
+    if roll.dtype == bool:
+        confidence = np.ones_like(confidence)
+    return make_notes(runs.start[keep] / frame_rate, runs.end[keep] / frame_rate, runs.pitch[keep],
+                      np.clip(confidence, 0.0, 1.0))
+
+
+class _Runs(NamedTuple):
+    """Runs of active frames, parallel arrays (n_runs,) sorted by pitch then start: ``pitch``, ``start`` and
+    ``end`` (frames, end exclusive), ``total`` and ``peak`` (sum and maximum of the probabilities of their active
+    frames), ``length`` (active frames in the run: bridged gaps are not counted)."""
+
+    pitch: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    total: np.ndarray
+    peak: np.ndarray
+    length: np.ndarray
+
+
+def _checked_roll(roll: np.ndarray, min_frames: int, merge_gap: int) -> np.ndarray:
+    """``roll`` as an array, after checking its shape and the decoding arguments (ValueError)."""
     roll = np.asarray(roll)
     if roll.ndim != 2:
         raise ValueError(f"roll must be (frames, pitches), got shape {roll.shape}")
@@ -122,12 +154,14 @@ def roll_to_notes(
         raise ValueError("min_frames must be >= 1")
     if merge_gap < 0:
         raise ValueError("merge_gap must be >= 0")
-    n_frames, n_pitches = roll.shape
-    if n_pitches > 128:
-        raise ValueError(f"a piano roll has at most 128 pitch columns, got {n_pitches}")
-    prob = roll.astype(np.float32, copy=False)
-    active = roll if roll.dtype == bool else prob >= threshold
+    if roll.shape[1] > 128:
+        raise ValueError(f"a piano roll has at most 128 pitch columns, got {roll.shape[1]}")
+    return roll
 
+
+def _active_runs(active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pitch, start, end) of every run of active frames of a boolean (N, P) roll, sorted by pitch then start."""
+    n_frames, n_pitches = active.shape
     # Pitch-major so each pitch's frames are contiguous; padding with an inactive frame on both sides makes every
     # run produce exactly one +1 (start) and one -1 (end) in the time difference.
     padded = np.zeros((n_pitches, n_frames + 2), dtype=np.int8)
@@ -136,10 +170,16 @@ def roll_to_notes(
     # np.nonzero walks row-major: sorted by pitch then frame, so the i-th start pairs with the i-th end.
     run_pitch, run_start = np.nonzero(d == 1)
     _, run_end = np.nonzero(d == -1)
+    return run_pitch, run_start, run_end
 
-    # Sum of probabilities over each run via reduceat over the flattened pitch-major array; interleaving
-    # [start, end, start, end, ...] makes the even outputs the in-run sums (a cumsum would cost a float64 copy of
-    # the whole roll). A trailing zero keeps an index equal to the last position valid.
+
+def _run_statistics(prob: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> _Runs:
+    """Sum and peak of the probabilities ``prob`` (N, P) over each run, and its length."""
+    run_pitch, run_start, run_end = runs
+    n_frames, n_pitches = prob.shape
+    # Sums via reduceat over the flattened pitch-major array; interleaving [start, end, start, end, ...] makes the
+    # even outputs the in-run sums (a cumsum would cost a float64 copy of the whole roll). A trailing zero keeps an
+    # index equal to the last position valid.
     flat = np.zeros(n_pitches * n_frames + 1, dtype=np.float64)
     flat[:-1] = prob.T.reshape(-1)
     base = run_pitch.astype(np.int64) * n_frames
@@ -153,27 +193,21 @@ def roll_to_notes(
         run_sum = np.zeros(0, dtype=np.float64)
         run_peak = np.zeros(0, dtype=np.float64)
     run_len = (run_end - run_start).astype(np.int64)
+    return _Runs(run_pitch, run_start, run_end, run_sum, run_peak, run_len)
 
-    if merge_gap > 0 and run_start.size > 1:
-        # A run continues the previous note if it is on the same pitch and the hole between them is short.
-        gap = run_start[1:] - run_end[:-1]
-        continues = (run_pitch[1:] == run_pitch[:-1]) & (gap <= merge_gap)
-        new_note = np.concatenate([[True], ~continues])
-        first = np.flatnonzero(new_note)
-        last = np.concatenate([first[1:] - 1, [run_start.size - 1]])
-        run_sum = np.add.reduceat(run_sum, first)
-        run_len = np.add.reduceat(run_len, first)
-        run_peak = np.maximum.reduceat(run_peak, first)
-        run_pitch, run_start, run_end = run_pitch[first], run_start[first], run_end[last]
 
-    keep = (run_end - run_start) >= min_frames
-    if onset_threshold is not None:
-        keep &= run_peak >= onset_threshold
-    run_pitch, run_start, run_end = run_pitch[keep], run_start[keep], run_end[keep]
-    confidence = (run_sum[keep] / np.maximum(run_len[keep], 1)).astype(np.float32)
-    if roll.dtype == bool:
-        confidence = np.ones_like(confidence)
-    return make_notes(run_start / frame_rate, run_end / frame_rate, run_pitch, np.clip(confidence, 0.0, 1.0))
+def _bridge_gaps(runs: _Runs, merge_gap: int) -> _Runs:
+    """Runs of one pitch separated by at most ``merge_gap`` inactive frames joined into one (sums, peaks and
+    lengths combined); unchanged for ``merge_gap`` 0."""
+    if merge_gap <= 0 or runs.start.size <= 1:
+        return runs
+    # A run continues the previous note if it is on the same pitch and the hole between them is short.
+    gap = runs.start[1:] - runs.end[:-1]
+    continues = (runs.pitch[1:] == runs.pitch[:-1]) & (gap <= merge_gap)
+    first = np.flatnonzero(np.concatenate([[True], ~continues]))
+    last = np.concatenate([first[1:] - 1, [runs.start.size - 1]])
+    return _Runs(runs.pitch[first], runs.start[first], runs.end[last], np.add.reduceat(runs.total, first),
+                 np.maximum.reduceat(runs.peak, first), np.add.reduceat(runs.length, first))
 
 
 def notes_to_roll(notes: NoteList, n_frames: int, frame_rate: float = 100.0, n_pitches: int = 128) -> np.ndarray:
