@@ -22,8 +22,8 @@ Configurations: ``default`` (the pipeline's defaults, torch's default thread cou
 study's notes cell leaves it: the study's note head, ``jtm.pipelines.arms.NOTE_HEAD``, random weights, on raw front-end
 features), decoded from onsets by the pipeline's default streaming (10 s front-end chunks): ``note-cpc`` on the demo's
 CPC context features and ``note-logmel`` on the log-mel spectrogram. Their onset threshold is calibrated so that
-0.2 % of the onset outputs are on (~25 note starts per second), their sustain and frame thresholds at ``active``. ``x_real_time`` is seconds of audio per wall second (what ``jtm transcribe``
-prints); ``rtf`` its inverse.
+0.2 % of the onset outputs are on (~25 note starts per second), their sustain and frame thresholds at ``active``.
+``x_real_time`` is seconds of audio per wall second (what ``jtm transcribe`` prints); ``rtf`` its inverse.
 """
 from __future__ import annotations
 

@@ -167,7 +167,8 @@ def test_a_second_stage_with_its_receptive_field_as_context_equals_one_pass(min_
     from jtm.models.inference import run_with_context
 
     torch.manual_seed(0)
-    stage = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 5, padding=2), torch.nn.Tanh(), torch.nn.Conv1d(4, 2, 3, padding=1))
+    stage = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 5, padding=2), torch.nn.Tanh(),
+                                torch.nn.Conv1d(4, 2, 3, padding=1))
 
     def frames_fn(x: torch.Tensor) -> torch.Tensor:  # (1, n, 3) -> (1, n, 2); receptive field 3 frames a side
         return stage(x.transpose(1, 2)).transpose(1, 2)

@@ -679,5 +679,6 @@ def test_heldout_timbre_recordings_are_scored_apart(tmp_path: Path) -> None:
         assert "note_offset_f1" in metrics and "heldout_timbre_note_offset_f1" in metrics
         for key in keys:
             assert metrics[key] == pytest.approx(row[key], abs=2e-3), (task, key)
-            assert metrics[f"heldout_timbre_{key}"] == pytest.approx(row[f"heldout_timbre_{key}"], abs=2e-3), (task, key)
+            heldout = f"heldout_timbre_{key}"
+            assert metrics[heldout] == pytest.approx(row[heldout], abs=2e-3), (task, key)
         assert 0 <= metrics["heldout_timbre_note_f1"] <= 1 and "heldout_timbre_note_f1" in format_metrics(metrics)

@@ -41,8 +41,8 @@ from jtm.models.downstream import FEATURE_LAYERS, FRONTENDS, FrontendSpec, featu
 from jtm.models.inference import Chunking, FramesFn, StepFn, frames_in, run_chunked, run_with_context
 from jtm.models.logmel import LogMel
 from jtm.models.note_head import MAX_KERNEL, MAX_LAYERS, NoteHead
-from jtm.models.pretrained import (CONFIG_NAME, WEIGHTS_NAME, load_weights_into, read_pretrained_config,
-                                   read_pretrained_weights, save_pretrained_files)
+from jtm.models.pretrained import (CONFIG_NAME, WEIGHTS_NAME, load_weights_into, read_config_json,
+                                   read_pretrained_config, read_pretrained_weights, save_pretrained_files)
 
 NOTE_TRANSCRIBER_FORMAT = "jtm-note-transcriber"
 NOTE_TRANSCRIBER_VERSION = 1
@@ -230,11 +230,10 @@ class NoteTranscriber(nn.Module):
 
 
 def is_note_transcriber(directory: str | Path) -> bool:
-    """Whether ``directory/config.json`` declares a note transcriber (its format name; nothing else is checked)."""
-    import json
-
+    """Whether ``directory/config.json`` declares a note transcriber (its format name; nothing else is checked,
+    and a missing, special or malformed file is no note transcriber)."""
     try:
-        data = json.loads((Path(directory) / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_config_json(Path(directory) / CONFIG_NAME)
+    except ModelFileError:
         return False
     return isinstance(data, dict) and data.get("format") == NOTE_TRANSCRIBER_FORMAT
