@@ -99,3 +99,22 @@ def test_every_sampler_and_context_trains(synth_store: Path, tmp_path: Path, sam
     metrics = run_pretrain(cfg)
     assert np.isfinite(metrics["val/loss"])
     assert (tmp_path / "run" / "encoder" / "model.safetensors").is_file()
+
+
+def test_runs_take_their_threads_from_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container or taskset may allow fewer cores than the machine has: torch gets the allowed ones, unless
+    --threads says otherwise (both kinds of run start through jtm.training.harness.start_process)."""
+    import os
+
+    from jtm.training.harness import start_process
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    try:
+        start_process(None, seed=0)
+        assert torch.get_num_threads() == 1
+        start_process(2, seed=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
