@@ -181,3 +181,29 @@ def test_the_note_transcriber_folder_round_trips_and_refuses_bad_files(tmp_path)
     (tmp_path / "m" / "model.safetensors").write_bytes(b"\x80\x04 a pickle, not safetensors")
     with pytest.raises(ModelFileError, match="model.safetensors"):
         NoteTranscriber.from_pretrained(tmp_path / "m")
+
+
+def test_streaming_reads_a_bounded_way_ahead_of_its_outputs() -> None:
+    """Bounded memory: the stream pulls at most one batch of front-end chunks, one block, and the head's context
+    and block beyond the frames it has given out, however long the recording."""
+    from jtm.models.inference import Chunking
+
+    model = _transcriber("cpc", "context")
+    audio = np.random.default_rng(2).standard_normal(160 * 6000).astype(np.float32)
+    pulled, block = [0], 4000
+
+    def blocks():
+        for i in range(0, len(audio), block):
+            pulled[0] += len(audio[i:i + block])
+            yield audio[i:i + block]
+
+    margin = model.feature_functions()[2]
+    chunking = Chunking(core=300, left=margin, right=margin, batch_size=2, pad_end=False)
+    ahead, given = [], 0
+    for first, onset, _ in model.stream(blocks(), chunking):
+        assert first == given
+        given += len(onset)
+        ahead.append(pulled[0] - given * 160)
+    assert given == 6000 and pulled[0] == audio.size
+    limit = (chunking.batch_size * chunking.window + model.head_context + 256) * 160 + block
+    assert max(ahead[:-1]) <= limit
