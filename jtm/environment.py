@@ -31,7 +31,7 @@ def environment_info(with_torch: bool = True) -> dict[str, object]:
     Keys: ``python``, ``platform``, ``cpu``, ``cpu_count`` (logical cores on the machine), ``usable_cpus``
     (cores this process may use), ``cpu_bf16`` (native bf16 dot products), one ``<package>`` key per entry of :data:`PACKAGES` (None when missing) and,
     with ``with_torch``, ``torch_threads`` / ``torch_interop_threads`` (what torch actually computes with) and
-    the thread-limiting environment variables that were set (``OMP_NUM_THREADS``, ...).
+    the thread-limiting environment variables that were set (``OMP_NUM_THREADS``, ...) and ``MKL_CBWR``.
     """
     info: dict[str, object] = {
         "python": f"{sys.version.split()[0]} ({platform.python_implementation()})",
@@ -48,7 +48,7 @@ def environment_info(with_torch: bool = True) -> dict[str, object]:
 
         info["torch_threads"] = torch.get_num_threads()
         info["torch_interop_threads"] = torch.get_num_interop_threads()
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_CBWR"):
         if var in os.environ:
             info[var] = os.environ[var]
     return info

@@ -1,6 +1,7 @@
 """The speed settings keep their promises: glibc keeps freed pages, bf16 leaves the CPC loss as it was."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -79,3 +80,30 @@ def test_cpc_loss_under_bf16_autocast_matches_fp32(score):
     assert abs(float(loss16 - loss32)) / float(loss32) < 1e-2
     cosine = torch.nn.functional.cosine_similarity(grad16, grad32, dim=0)
     assert cosine > 0.98
+
+
+def test_study_and_demo_pin_mkl_rounding_before_torch_computes(tmp_path):
+    """``jtm study`` and ``jtm demo`` set MKL_CBWR=AUTO,STRICT (alignment-independent results) unless the user set
+    it, early enough for MKL to obey: checked in a fresh process through MKL's own query, after a matmul."""
+    from jtm.hardware import REPRODUCIBLE_MKL
+
+    probe = """
+import ctypes, os, sys
+from jtm.hardware import pin_mkl_rounding
+if sys.argv[1] == "pin":
+    pin_mkl_rounding()
+import torch
+torch.randn(64, 64) @ torch.randn(64, 64)
+lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+query = getattr(lib, "mkl_serv_cbwr_get", None)
+print(os.environ.get("MKL_CBWR"), -1 if query is None else query(1))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    run = lambda *args, **kw: subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
+                                             check=True, **kw).stdout.split()
+    pinned, plain = run("pin", env=env), run("no", env=env)
+    assert pinned[0] == REPRODUCIBLE_MKL and plain[0] == "None"
+    if pinned[1] == "-1":
+        pytest.skip("this torch build does not expose MKL's mode query")
+    assert pinned[1] == "2" and plain[1] != "2"  # MKL_CBWR_AUTO in force only when pinned
+    assert run("pin", env={**env, "MKL_CBWR": "COMPATIBLE"})[0] == "COMPATIBLE"  # the user's choice wins

@@ -11,6 +11,7 @@ import typer
 
 from jtm.cli.app import Layer, OnError, app, config_from_options
 from jtm.errors import JTMError
+from jtm.hardware import pin_mkl_rounding
 from jtm.pipelines.demo import DemoConfig
 
 
@@ -139,6 +140,7 @@ def demo(
     workers: Optional[int] = typer.Option(None, help="Processes for synthesis and preparation (default: all cores)."),
 ) -> None:
     """The whole method on built-in data: synthesise, prepare, pretrain CPC, label-efficiency study, report."""
+    pin_mkl_rounding()  # before torch's first MKL call: the same command gives the same table
     from jtm.pipelines.demo import run_demo
 
     # --minutes, --threads and --workers override the preset (full or quick) only when given.

@@ -12,6 +12,7 @@ import typer
 from jtm.audio import HOP
 from jtm.cli.app import Layer, app, choices, config_from_options, default_of, parse_devices
 from jtm.cli.pretrain import is_global_zero
+from jtm.hardware import pin_mkl_rounding
 from jtm.pipelines.study_config import METHODS, StudyConfig
 from jtm.training.config import PROBES, DownstreamConfig
 
@@ -159,6 +160,7 @@ def study(
     """Label efficiency: every task x method x fraction x seed, at an equal step budget, with the learning rate and
     the checkpoint chosen on validation; results.csv, summary.csv (mean, 95 % CI, min-max, chance) and plots."""
     options = dict(locals())
+    pin_mkl_rounding()  # before torch's first MKL call: the same command gives the same table
     from jtm.pipelines.study import parse_list, run_study
 
     cfg = config_from_options(
