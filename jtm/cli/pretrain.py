@@ -40,6 +40,7 @@ def is_global_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+# Deliberately alike in shape (duplicates): one typer.Option a config field, its default read from the dataclass.
 @app.command("pretrain")
 def pretrain(
     data: Path = typer.Option(..., help="A prepared store (jtm data prepare)."),

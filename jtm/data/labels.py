@@ -231,6 +231,7 @@ def batch_piano_roll(
     return _batch_roll(store, tracks, starts, int(n_frames), by_instrument=False, dtype=dtype)
 
 
+# The same parameters as batch_piano_roll on purpose (duplicates): callers switch between the two by task.
 def batch_pitch_instrument_roll(
     store: NoteSource | NoteIndex,
     tracks: Sequence[int] | np.ndarray,

@@ -103,6 +103,7 @@ def _final_cpc_table(metrics: dict[str, float]) -> str:
     return "<p>Final values per prediction step:</p>" + table(df)
 
 
+# Shaped like section_cpc on purpose (duplicates): each section renders its own kind of folder, one block each.
 def section_label_efficiency(ctx: Context) -> str:
     if not ctx.found.studies:
         raise Missing("No study (a folder with results.csv from jtm study) was given.")
