@@ -682,3 +682,39 @@ def test_heldout_timbre_recordings_are_scored_apart(tmp_path: Path) -> None:
             heldout = f"heldout_timbre_{key}"
             assert metrics[heldout] == pytest.approx(row[heldout], abs=2e-3), (task, key)
         assert 0 <= metrics["heldout_timbre_note_f1"] <= 1 and "heldout_timbre_note_f1" in format_metrics(metrics)
+
+
+def test_the_cqt_arm_reads_the_untrained_log_spectrum_and_its_model_reproduces_the_score(prepared_store,
+                                                                                        tmp_path: Path) -> None:
+    """cqt-linear probes the gabor encoder's log spectrum at its constant-Q start: its cached features are exactly
+    that spectrum (whatever the pretrained weights), and the exported model gives the cell's test frame AP."""
+    store, _ = prepared_store
+    torch.manual_seed(0)
+    gabor = CPCConfig(encoder="gabor", encoder_dim=16, context_dim=16, gabor_filters=48, gabor_kernel=1025)
+    trained = CPCEncoder(gabor)
+    with torch.no_grad():
+        trained.encoder.log_gain.add_(1.0)  # a "pretrained" gain: the cqt arm must not read it
+    trained.save_pretrained(tmp_path / "pre" / "encoder")
+    cfg = config(store, tmp_path / "pre", tmp_path / "study", methods=("cqt-linear",), fractions=(1.0,), seeds=1)
+    df = run_study(cfg, log=lambda line: None)
+    assert list(df["method"]) == ["cqt-linear"] and df["frame_ap"].notna().all()
+    cell = Path(cfg.out) / "transcription" / "cqt-linear" / fraction_dir(1.0) / f"seed{cfg.seed}"
+    model = DownstreamModel.from_pretrained(cell / "model")
+    assert model.features_from == "spectrum" and model.probe_config["in_dim"] == 48
+    untrained = CPCEncoder(gabor).eval()
+    audio = torch.from_numpy(store.audio(int(store.indices("test")[0])))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(model.frontend.features(audio, "spectrum"), untrained.encoder.spectrum(audio))
+    metrics = json.loads((cell / "metrics.json").read_text())
+    truths, probs = [], []
+    for t in store.indices("test"):
+        with torch.no_grad():
+            prob = torch.sigmoid(model(torch.from_numpy(store.audio(int(t)))[None]))[0].numpy()
+        probs.append(prob)
+        truths.append(frame_roll(store, int(t), "transcription", len(prob)))
+    assert frame_average_precision(np.concatenate(truths), np.concatenate(probs)) == pytest.approx(
+        metrics["frame_ap"], abs=2e-3)
+    # a model without the gabor front end has no such spectrum: a clear error, before any cell runs
+    with pytest.raises(JTMError, match="cqt arms read the gabor encoder"):
+        run_study(config(store, tiny_pretrained(tmp_path / "conv"), tmp_path / "study2", methods=("cqt-linear",),
+                         fractions=(1.0,), seeds=1), log=lambda line: None)

@@ -37,10 +37,11 @@ class OnError(str, Enum):
 
 
 class Layer(str, Enum):
-    """Which CPC layer to read: the context vectors c, or the encoder frames z."""
+    """Which CPC layer to read: the context vectors c, the encoder frames z, or a gabor encoder's log spectrum."""
 
     context = "context"
     encoder = "encoder"
+    spectrum = "spectrum"
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:

@@ -92,7 +92,8 @@ def embed(
     model: Path = typer.Option(..., "--model", "-m", help="A pretraining RUN folder (jtm pretrain) or its "
                                "encoder/ folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: <stem>.npy per input."),
-    layer: Layer = typer.Option(Layer.context, help="context: the c vectors (context network); encoder: z."),
+    layer: Layer = typer.Option(Layer.context, help="context: the c vectors (context network); encoder: z; "
+                                "spectrum: a gabor encoder's log filterbank."),
     pool: Pool = typer.Option(Pool.none, help="none: one row per 10 ms frame (100 per second); mean: one row "
                               "per file."),
     on_error: OnError = typer.Option(OnError.raise_, "--on-error", help="raise: stop at the first bad input; "

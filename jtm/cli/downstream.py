@@ -10,13 +10,15 @@ from typing import Optional
 import typer
 
 from jtm.audio import HOP
-from jtm.cli.app import Layer, app, choices, config_from_options, default_of, parse_devices
+from jtm.cli.app import app, choices, config_from_options, default_of, parse_devices
 from jtm.cli.pretrain import is_global_zero
 from jtm.hardware import pin_mkl_rounding
+from jtm.models.config import FEATURE_LAYERS
 from jtm.pipelines.study_config import METHODS, StudyConfig
 from jtm.training.config import PROBES, DownstreamConfig
 
 Probe = choices("Probe", PROBES)
+Features = choices("Features", FEATURE_LAYERS)
 
 
 class Split(str, Enum):
@@ -44,8 +46,8 @@ def downstream(
     out: Path = typer.Option(..., help="Run folder; re-running with the same folder resumes, or skips if finished."),
     probe: Probe = typer.Option(_run("probe", Probe), help="linear, or mlp (one hidden layer)."),
     finetune: bool = typer.Option(_run("finetune"), help="Train the pretrained encoder together with the probe."),
-    features: Layer = typer.Option(_run("features", Layer), help="CPC layer the probe reads: context (c) or "
-                                   "encoder (z)."),
+    features: Features = typer.Option(_run("features", Features), help="CPC layer the probe reads: context (c), "
+                                      "encoder (z), both ([z, c]) or spectrum (a gabor encoder's log filterbank)."),
     label_fraction: float = typer.Option(_run("label_fraction"), help="Fraction of the labelled training recordings "
                                          "to train on (seeded, nested across fractions; validation and test never "
                                          "subsampled)."),

@@ -14,6 +14,9 @@ CONTEXTS = ("gru", "lstm", "rnn", "transformer")
 NEGATIVE_SOURCES = ("batch", "window")
 SCORES = ("dot", "cosine")
 TARGETS = ("z", "frontend")
+FEATURE_LAYERS = ("context", "encoder", "both", "spectrum")
+"""What a probe or an embedding reads of a CPC model: c, z, [z, c] (encoder_dim + context_dim wide), or the gabor
+encoder's log filterbank magnitudes, the spectrum its frame-rate layers read (gabor_filters wide)."""
 GABOR_MIN_KERNEL = 1025  # shortest Gabor window accepted (64 ms); the default 2049 resolves semitones from ~300 Hz
 
 
@@ -97,6 +100,15 @@ class CPCConfig:
         if self.gabor_kernel % 2 == 0 or self.gabor_kernel < GABOR_MIN_KERNEL:
             raise ConfigError(f"CPCConfig.gabor_kernel must be odd and at least {GABOR_MIN_KERNEL} samples, "
                              f"got {self.gabor_kernel}")
+
+    def layer_dim(self, layer: str) -> int:
+        """Width of the features ``layer`` (one of :data:`FEATURE_LAYERS`) of this model."""
+        if layer not in FEATURE_LAYERS:
+            raise ConfigError(f"a CPC layer is one of {', '.join(FEATURE_LAYERS)}, not {layer!r}")
+        if layer == "spectrum" and self.encoder != "gabor":
+            raise ConfigError(f"layer 'spectrum' needs the gabor encoder, this model's is {self.encoder!r}")
+        return {"context": self.context_dim, "encoder": self.encoder_dim, "spectrum": self.gabor_filters,
+                "both": self.encoder_dim + self.context_dim}[layer]
 
     @property
     def target_dim(self) -> int:

@@ -68,6 +68,17 @@ class CPCEncoder(nn.Module):
         c, _ = self.contextualise(z)
         return z, c
 
+    def features(self, wave: Tensor, layer: str = "context") -> Tensor:
+        """wave (B, T) -> the frames of ``layer`` (B, F, config.layer_dim(layer)): c, z, [z, c] or the gabor
+        encoder's log spectrum (see :data:`~jtm.models.config.FEATURE_LAYERS`); only what the layer needs runs."""
+        self.config.layer_dim(layer)  # a clear error for an unknown layer, or 'spectrum' of a non-gabor model
+        if layer == "spectrum":
+            return self.encoder.spectrum(wave)
+        if layer == "encoder":
+            return self.encoder(wave)
+        z, c = self(wave)
+        return torch.cat([z, c], dim=-1) if layer == "both" else c
+
     def cpc_inputs(self, wave: Tensor) -> tuple[Tensor, Tensor]:
         """wave (B, T) -> (targets (B, F, config.target_dim), c (B, F, context_dim)): what :class:`CPCLoss`
         scores, the frames c must tell apart, and the contexts that predict them.
@@ -93,7 +104,8 @@ class CPCEncoder(nn.Module):
 
         ``waveform``: numpy array or tensor, (T,) mono, or 2-D (channels, T) / (T, channels), mixed down to
         mono by averaging over the shorter axis. Resampled to ``config.sample_rate`` if needed.
-        ``layer``: 'context' (c) or 'encoder' (z). Runs in eval mode without gradients.
+        ``layer``: 'context' (c), 'encoder' (z) or 'spectrum' (the gabor encoder's log filterbank). Runs in eval
+        mode without gradients.
 
         Long inputs are processed by :func:`jtm.models.inference.run_chunked` in chunks of ``chunk_seconds``, so
         memory stays bounded (see :meth:`chunk_functions`):
@@ -104,8 +116,9 @@ class CPCEncoder(nn.Module):
         - the transformer attends within each chunk and its margins only (an approximation: its context is
           at most one chunk long, which is far longer than the training windows anyway).
         """
-        if layer not in ("context", "encoder"):
-            raise ValueError(f"layer must be 'context' or 'encoder', got {layer!r}")
+        if layer not in ("context", "encoder", "spectrum"):
+            raise ValueError(f"layer must be 'context', 'encoder' or 'spectrum', got {layer!r}")
+        dim = self.config.layer_dim(layer)
         audio = resample(_to_mono_float32(waveform), int(sample_rate), self.config.sample_rate)
         core = max(1, int(chunk_seconds * self.config.sample_rate) // HOP)
         chunking = Chunking(core=core, left=self._embed_margin, right=self._embed_margin, batch_size=1,
@@ -117,7 +130,6 @@ class CPCEncoder(nn.Module):
                 z = run_array(audio, self.chunk_functions("encoder")[0], chunking, self.config.encoder_dim)
                 return self._context_backwards(z, core)
             frames_fn, step_fn = self.chunk_functions(layer)
-            dim = self.config.context_dim if layer == "context" else self.config.encoder_dim
             return run_array(audio, frames_fn, chunking, dim, step_fn=step_fn)
         finally:
             self.train(was_training)
@@ -137,6 +149,8 @@ class CPCEncoder(nn.Module):
 
         if layer == "encoder":
             return encode, None
+        if layer == "spectrum":
+            return (lambda wave: self.encoder.spectrum(wave.to(device))), None
         if self.config.context != "transformer" and not self.config.reverse:
             return encode, self.contextualise
         return (lambda wave: self(wave.to(device))[1]), None

@@ -31,10 +31,10 @@ from torch import Tensor, nn
 from jtm.audio import HOP
 from jtm.data.instruments import INSTRUMENT_PROGRAMS, N_PITCHES
 from jtm.data.tasks import is_frame_task
-from jtm.configs import MAX_OUTPUTS, MAX_WIDTH, bounded, check_bounds, load_config
+from jtm.configs import MAX_OUTPUTS, MAX_WIDTH, ConfigError, bounded, check_bounds, load_config
 from jtm.errors import ModelFileError
 from jtm.fileio import atomic_path, write_json_atomic
-from jtm.models.config import CPCConfig
+from jtm.models.config import FEATURE_LAYERS, CPCConfig
 from jtm.models.cpc import CPCEncoder
 from jtm.models.inference import Chunking, run_array
 from jtm.models.logmel import LogMel, LogMelConfig
@@ -46,8 +46,6 @@ DOWNSTREAM_FORMAT = "jtm-downstream"
 DOWNSTREAM_VERSION = 1
 ENCODER_FILE_FORMAT = "jtm-cpc-encoder-file"
 
-FEATURE_LAYERS = ("context", "encoder", "both")
-"""What a probe reads of a CPC front end: c, z, or both concatenated ([z, c], encoder_dim + context_dim wide)."""
 
 
 def task_outputs(task: str, classes: Sequence[str] | None = None) -> int:
@@ -137,10 +135,7 @@ class DownstreamModel(nn.Module):
     def _features(self, wave: Tensor) -> Tensor:
         if isinstance(self.frontend, LogMel):
             return self.frontend(wave)
-        if self.features_from == "encoder":
-            return self.frontend.encoder(wave)  # skips the context network entirely
-        z, c = self.frontend(wave)
-        return torch.cat([z, c], dim=-1) if self.features_from == "both" else c
+        return self.frontend.features(wave, self.features_from)
 
     def forward(self, wave: Tensor) -> Tensor:
         """wave (B, T) -> logits (B, F, n_out) for frame tasks, (B, n_out) for classification."""
@@ -275,10 +270,10 @@ def _feature_width(front: CPCConfig | LogMelConfig, features: str) -> int:
     """Width D of the features a probe reads, from the front end's config alone (before building it)."""
     if isinstance(front, LogMelConfig):
         return front.dim
-    if features not in FEATURE_LAYERS:
-        raise ModelFileError(f"features must be one of {', '.join(FEATURE_LAYERS)}, not {features!r}")
-    dims = {"context": front.context_dim, "encoder": front.encoder_dim}
-    return dims[features] if features in dims else sum(dims.values())
+    try:
+        return front.layer_dim(features)
+    except ConfigError as e:
+        raise ModelFileError(str(e)) from None
 
 
 @dataclass
@@ -340,10 +335,7 @@ def read_downstream_config(directory: str | Path) -> dict[str, Any]:
 
 def feature_dim(frontend: CPCEncoder | LogMel, features: str) -> int:
     """Width D of the features a probe reads."""
-    if isinstance(frontend, LogMel):
-        return frontend.dim
-    dims = {"context": frontend.config.context_dim, "encoder": frontend.config.encoder_dim}
-    return dims[features] if features in dims else sum(dims.values())
+    return frontend.dim if isinstance(frontend, LogMel) else frontend.config.layer_dim(features)
 
 
 def _probe_from_config(probe_config: dict[str, Any]) -> nn.Module:

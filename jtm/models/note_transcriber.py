@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from jtm.configs import MAX_OUTPUTS, MAX_WIDTH, bounded, check_bounds, load_config
 from jtm.errors import ModelFileError
 from jtm.models.cpc import CPCEncoder, embed_margin_frames
-from jtm.models.downstream import FEATURE_LAYERS, FRONTENDS, FrontendSpec, feature_dim
+from jtm.models.config import FEATURE_LAYERS
+from jtm.models.downstream import FRONTENDS, FrontendSpec, feature_dim
 from jtm.models.inference import Chunking, FramesFn, StepFn, frames_in, run_chunked, run_with_context
 from jtm.models.logmel import LogMel
 from jtm.models.note_head import MAX_KERNEL, MAX_LAYERS, NoteHead
@@ -126,10 +127,7 @@ class NoteTranscriber(nn.Module):
         """wave (B, T) -> raw front-end features (B, T // 160, D)."""
         if isinstance(self.frontend, LogMel):
             return self.frontend.spectrogram(wave)
-        if self.features_from == "encoder":
-            return self.frontend.encoder(wave)
-        z, c = self.frontend(wave)
-        return torch.cat([z, c], dim=-1) if self.features_from == "both" else c
+        return self.frontend.features(wave, self.features_from)
 
     @torch.no_grad()
     def probabilities(self, wave: Tensor) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,7 @@ from jtm.pipelines.chunked import Stopwatch, iter_frames, process_files
 if TYPE_CHECKING:
     from jtm.models.cpc import CPCEncoder
 
-LAYERS = ("context", "encoder")
+LAYERS = ("context", "encoder", "spectrum")
 POOLS = ("none", "mean")
 
 
@@ -138,7 +138,7 @@ def embed_file(encoder: "CPCEncoder", path: str | Path, target: str | Path, *, l
 
     path, target = Path(path), Path(target)
     watch = Stopwatch()
-    dim = encoder.config.context_dim if layer == "context" else encoder.config.encoder_dim
+    dim = encoder.config.layer_dim(layer)
     frames_fn, step_fn = encoder.eval().chunk_functions(layer)
     # As CPCEncoder.embed, so the rows equal its output: one chunk at a time, the last one ending with the file,
     # and never less context than the encoder's receptive field.

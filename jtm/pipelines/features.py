@@ -22,10 +22,10 @@ import torch
 
 from jtm.data.store import Store
 from jtm.fileio import atomic_path, write_json_atomic
+from jtm.models.config import FEATURE_LAYERS
 from jtm.models.cpc import CPCEncoder
 from jtm.models.logmel import LogMel
 
-LAYERS = ("context", "encoder", "both")
 
 
 def frontend_key(frontend: CPCEncoder | LogMel, layer: str) -> str:
@@ -58,8 +58,8 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, store: Store, frontend: CPCEncoder | LogMel, layer: str = "context",
                  name: str = "") -> None:
-        if layer not in LAYERS:
-            raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+        if layer not in FEATURE_LAYERS:
+            raise ValueError(f"layer must be one of {FEATURE_LAYERS}, got {layer!r}")
         self.store, self.frontend, self.layer = store, frontend.eval(), layer
         self.dir = Path(root) / frontend_key(frontend, layer)
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ Arms (``METHODS``); the random and from-scratch arms copy the pretrained encoder
     random-linear   the CPC architecture, randomly initialised and frozen, + linear probe
     logmel-linear   log-mel spectrogram + linear probe (the classical MIR front end)
     logmel-mlp      log-mel spectrogram + MLP
+    cqt-linear      the gabor encoder's log spectrum at its constant-Q start (what the CPC layers read) + linear
+                    probe: the hand-made front end the gabor architecture starts from (needs a gabor --pretrained)
     cpc-linear      the pretrained CPC encoder, frozen, + linear probe
     cpc-mlp         the pretrained CPC encoder, frozen, + MLP
     cpc-finetune    the pretrained CPC encoder fine-tuned with a linear probe
@@ -118,6 +120,11 @@ class _Frontends:
             if kind == "logmel":
                 frontend: CPCEncoder | LogMel = LogMel()
                 layer = "encoder"
+            elif kind == "cqt":
+                if self.architecture.encoder != "gabor":
+                    raise JTMError(f"the cqt arms read the gabor encoder's log spectrum at its constant-Q start; "
+                                   f"--pretrained must be a gabor model, not {self.architecture.encoder!r}")
+                frontend, layer = self.encoder("random"), "spectrum"  # the filterbank starts the same in every draw
             else:
                 frontend, layer = self.encoder(kind), self.cfg.features
             self._caches[kind] = FeatureCache(self.cache_root, self.store, frontend, layer, name=kind)
@@ -284,14 +291,19 @@ def _downstream_config(cfg: StudyConfig, view: TaskView, cell: Path, lr: float, 
     """The cell described as a downstream run (``run.json``), so ``jtm evaluate CELL``, ``jtm transcribe --model
     CELL`` and the report treat it like any other: same store, task, splits (hold-out seed, subset seed), window."""
     method = METHODS[method_name]
-    encoder = str(cfg.pretrained) if method.encoder == "pretrained" else method.encoder
+    encoder = {"pretrained": str(cfg.pretrained), "cqt": "random"}.get(method.encoder, method.encoder)
     return DownstreamConfig(
         data=str(Path(cfg.data).resolve()), out=str(cell), task=view.task, encoder=encoder,
-        architecture=cfg.pretrained if method.encoder in ("random", "supervised") else None, probe=method.probe,
-        finetune=method.finetune, features=cfg.features if method.encoder in ("pretrained", "random") else "context",
+        architecture=cfg.pretrained if method.encoder in ("random", "supervised", "cqt") else None,
+        probe=method.probe, finetune=method.finetune, features=_features_read(cfg, method.encoder),
         label_fraction=float(fraction), subset_seed=seed, seed=cfg.seed, val_fraction=cfg.val_fraction,
         window=cfg.window, batch_size=cfg.batch_size, steps=cfg.steps, eval_every=cfg.eval_every, lr=lr,
         hidden=cfg.hidden, probe_dropout=cfg.dropout, tune_max_seconds=cfg.max_val_seconds, progress=False)
+
+
+def _features_read(cfg: StudyConfig, encoder: str) -> str:
+    """The layer an arm's probe reads: the study's ``features`` of a CPC model, the log spectrum for the cqt arm."""
+    return {"pretrained": cfg.features, "random": cfg.features, "cqt": "spectrum"}.get(encoder, "context")
 
 
 def _pitch_view(roll: np.ndarray, task: str) -> np.ndarray:

@@ -10,13 +10,15 @@ from jtm.audio import HOP
 from jtm.configs import (MAX_WIDTH, batch_size_field, bounded, check_bounds, count_field, load_config,
                          window_field)
 from jtm.errors import JTMError
+from jtm.models.config import FEATURE_LAYERS
 
 
 @dataclass(frozen=True)
 class Method:
     """A study arm: which front end, which probe, fine-tuned or not."""
 
-    encoder: str  # 'pretrained', 'random', 'logmel' or 'supervised'
+    encoder: str  # 'pretrained', 'random', 'logmel', 'cqt' (the gabor log spectrum at its constant-Q start) or
+                  # 'supervised'
     probe: str
     finetune: bool = False
 
@@ -39,6 +41,7 @@ METHODS: dict[str, Method] = {
     "random-linear": Method("random", "linear"),
     "logmel-linear": Method("logmel", "linear"),
     "logmel-mlp": Method("logmel", "mlp"),
+    "cqt-linear": Method("cqt", "linear"),
     "cpc-linear": Method("pretrained", "linear"),
     "cpc-mlp": Method("pretrained", "mlp"),
     "cpc-finetune": Method("pretrained", "linear", finetune=True),
@@ -121,8 +124,8 @@ class StudyConfig:
                 raise JTMError(f"label fractions must lie in (0, 1], got {f}")
         if not self.probe_lrs or not self.encoder_lrs or min(self.probe_lrs + self.encoder_lrs) <= 0:
             raise JTMError("learning-rate grids must be non-empty and positive")
-        if self.features not in ("context", "encoder", "both"):
-            raise JTMError(f"--features must be context, encoder or both, not {self.features!r}")
+        if self.features not in FEATURE_LAYERS:
+            raise JTMError(f"--features must be one of {', '.join(FEATURE_LAYERS)}, not {self.features!r}")
         if self.window % HOP:
             raise JTMError(f"--window ({self.window}) must be a multiple of {HOP} samples")
 

@@ -14,7 +14,7 @@ from jtm.audio import HOP
 from jtm.configs import (MAX_WIDTH, MAX_WINDOW, batch_size_field, bounded, check_bounds, count_field, load_config,
                          window_field)
 from jtm.errors import JTMError
-from jtm.models.config import CPCConfig
+from jtm.models.config import FEATURE_LAYERS, CPCConfig
 
 # Settings both kinds of run share (Adam's own defaults, Lightning's precision, the validation hold-out).
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
@@ -169,7 +169,6 @@ class DownstreamConfig(_RunConfig):
         return self.encoder if self.encoder in ENCODER_KINDS else "pretrained"
 
     def validate(self) -> None:
-        from jtm.models.downstream import FEATURE_LAYERS  # torch: only once a run starts
 
         if self.probe not in PROBES:
             raise JTMError(f"--probe must be one of {', '.join(PROBES)}, not {self.probe!r}")
