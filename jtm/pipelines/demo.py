@@ -91,10 +91,12 @@ class DemoConfig:
     # -- label-efficiency study (jtm.pipelines.study: equal step budget, lr and checkpoint chosen on validation)
     tasks: tuple[str, ...] = ("transcription", "ensemble")
     fractions: tuple[float, ...] = (0.1, 1.0)
-    methods: tuple[str, ...] = ("cpc-linear", "cpc-mlp", "logmel-linear", "random-linear", "supervised")
-    """The project's question in five arms: CPC features under a linear and an MLP probe (the study adds
-    cpc-best, whichever of the two validation prefers), the classical front end, an untrained encoder of the same
-    architecture, and that architecture trained from scratch on the labels alone."""
+    methods: tuple[str, ...] = ("cpc-linear", "cpc-mlp", "logmel-linear", "cqt-linear", "random-linear",
+                                "supervised")
+    """The project's question in six arms: CPC features under a linear and an MLP probe (the study adds
+    cpc-best, whichever of the two validation prefers), two hand-made front ends (log-mel, and the constant-Q
+    spectrum the gabor encoder starts from), an untrained encoder of the same architecture, and that architecture
+    trained from scratch on the labels alone."""
     skip: tuple[str, ...] = ("ensemble/supervised",)
     """Training the encoder from scratch is the study's costliest arm (about 30 s a run here, 5 runs a cell);
     the demo keeps it for transcription, the project's headline task (``jtm study`` runs every pair)."""
