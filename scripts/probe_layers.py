@@ -7,7 +7,7 @@ first, then ``--seeds`` label subsets of ``--fraction``), computes every layer's
 
 - ``spectrum``: the log gabor filterbank (n_filters), what the frame-rate layers read;
 - ``block1``, ``block2`` (= z): the frame-rate layers;
-- ``c``: the context network; ``zc``: [z, c].
+- ``c``: the context network; ``zc``: [z, c]; ``sc``: [spectrum, c] (what context adds to the spectrum).
 
 Models: a pretraining RUN folder (or its ``encoder/``), ``random:RUN`` (the same architecture at its initial
 weights, seed 0) or ``logmel`` (the study's log-mel front end). Ridge is not the study's protocol (Adam probes,
@@ -52,7 +52,7 @@ def cpc_layers(model: CPCEncoder) -> Layers:
             x = block(x)
             out[f"block{i}"] = x
         c, _ = model.contextualise(x)
-        out.update(c=c, zc=torch.cat([x, c], dim=-1))
+        out.update(c=c, zc=torch.cat([x, c], dim=-1), sc=torch.cat([out["spectrum"], c], dim=-1))
         return {k: v[0].numpy() for k, v in out.items()}
 
     return layers
