@@ -40,10 +40,10 @@ def _check_fraction(fraction: float, name: str = "fraction") -> float:
     return fraction
 
 
-def _permutation(ids: np.ndarray, seed: int, salt: int) -> np.ndarray:
+def _permutation(ids: np.ndarray, seed: int, salt: int | None) -> np.ndarray:
     """A seeded permutation of ``np.unique(ids)``; shape (n_unique,)."""
     unique = np.unique(np.asarray(ids))
-    rng = np.random.default_rng([int(seed) & 0xFFFF_FFFF_FFFF_FFFF, salt])
+    rng = np.random.default_rng(int(seed) if salt is None else [int(seed) & 0xFFFF_FFFF_FFFF_FFFF, salt])
     return unique[rng.permutation(len(unique))]
 
 
@@ -87,16 +87,18 @@ def label_subset(track_ids: Sequence[int] | np.ndarray, fraction: float, seed: i
 
 def holdout_split(
     track_ids: Sequence[int] | np.ndarray, val_fraction: float, seed: int = 0,
-    groups: Sequence[int] | np.ndarray | None = None,
+    groups: Sequence[int] | np.ndarray | None = None, *, salted: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split recordings into (train, validation), both sorted int64 arrays.
 
     The validation set holds ``round(val_fraction * n)`` recordings (groups, with ``groups``), at least one
     when there are two or more and ``val_fraction > 0``, and never all of them (training needs at least one).
+    ``salted=False`` draws from ``default_rng(seed)`` alone instead of the downstream hold-out's salted stream:
+    pretraining's hold-out (:func:`jtm.data.windows.split_tracks`), so that runs keep their validation recordings.
     """
     ids = np.asarray(track_ids, dtype=np.int64)
     keys = _group_keys(ids, groups)
-    perm = _permutation(keys, seed, _HOLDOUT_SALT)
+    perm = _permutation(keys, seed, _HOLDOUT_SALT if salted else None)
     n = len(perm)
     if val_fraction <= 0 or n < 2:
         return np.unique(ids), np.zeros(0, dtype=np.int64)

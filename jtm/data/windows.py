@@ -15,6 +15,7 @@ from jtm.data.labels import HOP, N_INSTRUMENTS, batch_piano_roll, batch_pitch_in
 from jtm.data.instruments import N_PITCHES
 from jtm.data.samplers import SAMPLINGS, EpochPlan, plan_epoch, shard_batches
 from jtm.data.store import Store
+from jtm.data.subsets import holdout_split
 from jtm.errors import DataError
 
 _BYTES_PER_SAMPLE = 2  # int16
@@ -250,14 +251,7 @@ def split_tracks(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
     idx = np.sort(store.indices(split))
-    keys = store.work_keys(idx)
-    works = np.unique(keys)
-    n = len(works)
-    if n < 2 or val_fraction == 0.0:
-        return idx, np.zeros(0, dtype=np.int64)
-    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
-    perm = np.random.default_rng(seed).permutation(n)
-    return idx[np.isin(keys, works[perm[n_val:]])], idx[np.isin(keys, works[perm[:n_val]])]
+    return holdout_split(idx, val_fraction, seed, groups=store.work_keys(idx), salted=False)
 
 
 __all__ = ["WindowBatches", "split_tracks"]
