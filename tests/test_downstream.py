@@ -259,7 +259,7 @@ def test_a_refused_memory_budget_leaves_no_run_json(prepared_store, tmp_path: Pa
     """A budget below one recording fails before anything is written, so the corrected command is not refused as a
     changed configuration."""
     store, _ = prepared_store
-    with pytest.raises(ValueError, match="max_memory_bytes"):
+    with pytest.raises(JTMError, match="memory budget"):
         run_downstream(_cfg(store, tmp_path / "run", encoder="logmel", max_memory_gb=1e-6))
     assert not (tmp_path / "run" / "run.json").exists()
     assert not run_downstream(_cfg(store, tmp_path / "run", encoder="logmel"))["skipped"]

@@ -141,10 +141,10 @@ class WindowBatches(IterableDataset):
         if len(too_big):
             p = int(too_big[0])
             track = int(self.track_indices[p])
-            raise ValueError(
-                f"track {self.store.tracks['id'].iloc[track]!r} (index {track}) needs {int(nbytes[p])} bytes of "
-                f"int16 audio, more than max_memory_bytes={budget}; raise the budget"
-            )
+            # A user's setting (--max-memory-gb) against a file of theirs: a one-line error naming the file
+            raise DataError(self.store.path, f"track {self.store.tracks['id'].iloc[track]!r} (index {track}) "
+                            f"needs {int(nbytes[p])} bytes of int16 audio, more than the memory budget of "
+                            f"{budget} bytes (--max-memory-gb); raise the budget")
 
     # ------------------------------------------------------------------ planning
     def set_epoch(self, epoch: int) -> None:

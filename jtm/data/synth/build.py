@@ -39,6 +39,7 @@ from jtm.data.synth.timbre import REFERENCE, RENDERED_CLASS, TIMBRE_FILE, Timbre
 from jtm.data.store import HELDOUT_TIMBRE, TIMBRE_COLUMN
 from jtm.errors import DataError
 from jtm.fileio import write_text_atomic
+from jtm.hardware import usable_cpus
 from jtm.workers import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -340,7 +341,7 @@ def _check_options(minutes: float, max_seconds: float, test_fraction: float, wor
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if not 1 <= renderings <= 9:  # ids stay below 100000 (five digits)
         raise ValueError(f"renderings must be between 1 and 9, got {renderings}")
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    workers = usable_cpus() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     return workers
