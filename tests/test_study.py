@@ -379,8 +379,8 @@ def test_a_changed_configuration_is_refused_not_reused(study: Study, tmp_path: P
 def test_study_arguments(tmp_path: Path) -> None:
     assert parse_list("0.01, 0.1,1.0", float) == [0.01, 0.1, 1.0]
     assert fraction_dir(0.01) == "f0.01" and fraction_dir(1) == "f1.0"
-    assert set(METHODS) == {"random-linear", "logmel-linear", "logmel-mlp", "cpc-linear", "cpc-mlp", "cpc-finetune",
-                            "supervised", "random-note", "logmel-note", "cpc-note"}
+    assert set(METHODS) == {"random-linear", "logmel-linear", "logmel-mlp", "cqt-linear", "cpc-linear", "cpc-mlp",
+                            "cpc-finetune", "supervised", "random-note", "logmel-note", "cpc-note"}
     base = StudyConfig(data="nowhere", out=str(tmp_path / "s"))
     with pytest.raises(JTMError, match="pretrained"):
         run_study(replace(base, methods=("cpc-linear",)))
