@@ -118,3 +118,24 @@ def test_runs_take_their_threads_from_the_affinity_mask(monkeypatch: pytest.Monk
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_per_step_curves_are_batch_weighted_epoch_means() -> None:
+    """The K per-step losses and accuracies are summed over the epoch and logged once, under the names Lightning
+    gave them when they were logged every step, as batch-size-weighted means."""
+    import torch
+
+    from jtm.models.config import CPCConfig
+    from jtm.training.pretrain import CPCPretrainModule
+
+    module = CPCPretrainModule(CPCConfig(encoder_dim=8, context_dim=8, predict_steps=3).to_dict(), 1e-3, 0.9, 0.999,
+                               1e-8, 0, 0, 0)
+    logged: dict = {}
+    module.log_dict = lambda metrics, **kw: logged.update({k: float(v) for k, v in metrics.items()})
+    module._accumulate_per_k("train", torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 0.25, 0.0]), 2)
+    module._accumulate_per_k("train", torch.tensor([4.0, 5.0, 6.0]), torch.tensor([1.0, 1.0, 1.0]), 6)
+    module.on_train_epoch_end()
+    assert logged == {"train/loss_k1_epoch": 3.25, "train/loss_k2_epoch": 4.25, "train/loss_k3_epoch": 5.25,
+                      "train/acc_k1_epoch": 0.875, "train/acc_k2_epoch": 0.8125, "train/acc_k3_epoch": 0.75}
+    module.on_train_epoch_end()  # nothing accumulated since: nothing logged again
+    assert len(logged) == 6

@@ -44,6 +44,7 @@ class CPCPretrainModule(KeepsRNGState, pl.LightningModule):
         self.config = CPCConfig.from_dict(model)
         self.encoder = CPCEncoder(self.config)
         self.criterion = CPCLoss(self.config)
+        self._per_k: dict[str, list[torch.Tensor | float]] = {}
 
     def _negatives_generator(self, stage_offset: int, step: int) -> torch.Generator:
         # Negatives come from a generator keyed by (seed, step, rank) rather than the global RNG, so that a
@@ -66,14 +67,40 @@ class CPCPretrainModule(KeepsRNGState, pl.LightningModule):
                                negatives_from=self.config.negatives_from).to(z.device)
         out = self.criterion(c, z, negative_idx=idx)
         on_step = stage == "train"
-        metrics = {f"{stage}/loss": out.loss}
-        for k in range(self.config.predict_steps):
-            metrics[f"{stage}/loss_k{k + 1}"] = out.loss_per_step[k]
-            metrics[f"{stage}/acc_k{k + 1}"] = out.acc_per_step[k]
-        self.log_dict(metrics, on_step=on_step, on_epoch=True, sync_dist=not on_step, batch_size=batch_size)
+        self.log(f"{stage}/loss", out.loss, on_step=on_step, on_epoch=True, sync_dist=not on_step,
+                 batch_size=batch_size)
         self.log(f"{stage}_acc_k1", out.acc_per_step[0], prog_bar=True, on_step=on_step, on_epoch=not on_step,
                  logger=False, batch_size=batch_size)
+        self._accumulate_per_k(stage, out.loss_per_step, out.acc_per_step, batch_size)
         return out.loss
+
+    # The K per-step losses and accuracies are summed here and logged once an epoch: through self.log they were
+    # 2K Lightning calls every step, 3 % of the demo's pretraining time (2 epochs: 43.0 against 41.5 windows/s,
+    # identical weights).
+    def _accumulate_per_k(self, stage: str, loss_k: torch.Tensor, acc_k: torch.Tensor, batch_size: int) -> None:
+        sums, count = self._per_k.get(stage, [torch.zeros(2, len(loss_k)), 0.0])
+        self._per_k[stage] = [sums + torch.stack([loss_k.detach(), acc_k.detach()]).float().cpu() * batch_size,
+                              count + batch_size]
+
+    def _log_per_k(self, stage: str, suffix: str) -> None:
+        """Log the epoch's batch-weighted means per prediction step as ``{stage}/loss_k{k}{suffix}`` and
+        ``{stage}/acc_k{k}{suffix}`` (averaged over processes under DDP)."""
+        if stage not in self._per_k:
+            return
+        sums, count = self._per_k.pop(stage)
+        means = sums / count
+        metrics = {f"{stage}/{name}_k{k + 1}{suffix}": means[row, k]
+                   for row, name in enumerate(("loss", "acc")) for k in range(means.shape[1])}
+        self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
+
+    def on_train_epoch_start(self) -> None:
+        self._per_k.pop("train", None)  # a resumed epoch restarts its means
+
+    def on_train_epoch_end(self) -> None:
+        self._log_per_k("train", "_epoch")  # the names Lightning gave them when logged every step
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_per_k("val", "")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train", self.global_step)
