@@ -26,8 +26,9 @@ Arms (``METHODS``); the random and from-scratch arms copy the pretrained encoder
     cpc-mlp         the pretrained CPC encoder, frozen, + MLP
     cpc-finetune    the pretrained CPC encoder fine-tuned with a linear probe
     supervised      the CPC architecture trained end to end from scratch
-    random-note, logmel-note, cpc-note   a note head (:class:`jtm.models.note_head.NoteHead`: onset and frame
-                    outputs, 1-D convolutions over frames) on the frozen features of that front end
+    random-note, logmel-note, cqt-note, cpc-note
+                    a note head (:class:`jtm.models.note_head.NoteHead`: onset and frame outputs, 1-D convolutions
+                    over frames) on the frozen features of that front end
 
 The **notes** task (``--tasks notes``) is transcription read as notes: trained on the same labels (plus each
 note's onset frame for note heads), scored on test by frame F1 (mir_eval.multipitch), note F1 onset-only and

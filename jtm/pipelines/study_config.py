@@ -49,6 +49,7 @@ METHODS: dict[str, Method] = {
     "random-note": Method("random", "note"),
     "logmel-note": Method("logmel", "note"),
     "cpc-note": Method("pretrained", "note"),
+    "cqt-note": Method("cqt", "note"),
 }
 
 
