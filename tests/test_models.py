@@ -133,3 +133,20 @@ def test_config_round_trip_and_validation():
                 dict(gabor_kernel=513), dict(gabor_filters=1)):
         with pytest.raises(ValueError):
             CPCConfig(**bad)
+
+
+@pytest.mark.parametrize("kind", [dict(context="gru"), dict(context="lstm", reverse=True),
+                                  dict(context="transformer")])
+def test_embed_both_is_z_and_c_from_one_pass(kind):
+    """layer='both' (what the study's feature cache and note transcribers read) equals [z, c] of the two layers
+    embedded apart, chunked or not; an unknown layer is refused by name."""
+    torch.manual_seed(0)
+    model = CPCEncoder(CPCConfig(**{**SMALL, **kind}))
+    audio = torch.randn(16000 * 2 + 55).numpy()
+    for chunk in (60, 0.37):
+        both = model.embed(audio, 16000, layer="both", chunk_seconds=chunk)
+        apart = np.concatenate([model.embed(audio, 16000, layer=layer, chunk_seconds=chunk)
+                                for layer in ("encoder", "context")], axis=1)
+        np.testing.assert_array_equal(both, apart)
+    with pytest.raises(ValueError, match="middle"):
+        model.embed(audio, 16000, layer="middle")

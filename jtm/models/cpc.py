@@ -104,8 +104,9 @@ class CPCEncoder(nn.Module):
 
         ``waveform``: numpy array or tensor, (T,) mono, or 2-D (channels, T) / (T, channels), mixed down to
         mono by averaging over the shorter axis. Resampled to ``config.sample_rate`` if needed.
-        ``layer``: 'context' (c), 'encoder' (z) or 'spectrum' (the gabor encoder's log filterbank). Runs in eval
-        mode without gradients.
+        ``layer``: one of :data:`~jtm.models.config.FEATURE_LAYERS`: 'context' (c), 'encoder' (z), 'both'
+        ([z, c], from one pass) or 'spectrum' (the gabor encoder's log filterbank). Runs in eval mode without
+        gradients.
 
         Long inputs are processed by :func:`jtm.models.inference.run_chunked` in chunks of ``chunk_seconds``, so
         memory stays bounded (see :meth:`chunk_functions`):
@@ -116,9 +117,7 @@ class CPCEncoder(nn.Module):
         - the transformer attends within each chunk and its margins only (an approximation: its context is
           at most one chunk long, which is far longer than the training windows anyway).
         """
-        if layer not in ("context", "encoder", "spectrum"):
-            raise ValueError(f"layer must be 'context', 'encoder' or 'spectrum', got {layer!r}")
-        dim = self.config.layer_dim(layer)
+        dim = self.config.layer_dim(layer)  # a ConfigError (a ValueError) names an unknown layer
         audio = resample(_to_mono_float32(waveform), int(sample_rate), self.config.sample_rate)
         core = max(1, int(chunk_seconds * self.config.sample_rate) // HOP)
         chunking = Chunking(core=core, left=self._embed_margin, right=self._embed_margin, batch_size=1,
@@ -126,9 +125,10 @@ class CPCEncoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            if layer == "context" and self.config.reverse and self.config.context != "transformer":
+            if layer in ("context", "both") and self.config.reverse and self.config.context != "transformer":
                 z = run_array(audio, self.chunk_functions("encoder")[0], chunking, self.config.encoder_dim)
-                return self._context_backwards(z, core)
+                c = self._context_backwards(z, core)
+                return c if layer == "context" else np.concatenate([z, c], axis=1)
             frames_fn, step_fn = self.chunk_functions(layer)
             return run_array(audio, frames_fn, chunking, dim, step_fn=step_fn)
         finally:
@@ -138,22 +138,31 @@ class CPCEncoder(nn.Module):
         """How :func:`jtm.models.inference.run_chunked` computes ``layer`` chunk by chunk: (frames_fn, step_fn).
 
         z has a finite receptive field: the encoder runs on each chunk with its margin. A forward recurrent
-        context continues from the previous chunk's final state (the step), which is exact. A transformer or
-        a reverse-mode context has no state to carry forwards: the whole model runs on each chunk with its
-        margin and the core is kept (an approximation; :meth:`embed` carries a reverse state backwards).
+        context continues from the previous chunk's final state (the step), which is exact; for ``both`` the
+        step returns [z, c]. A transformer or a reverse-mode context has no state to carry forwards: the whole
+        model runs on each chunk with its margin and the core is kept (an approximation; :meth:`embed` carries a
+        reverse state backwards).
         """
+        self.config.layer_dim(layer)  # a ConfigError (a ValueError) names an unknown layer
         device = next(self.parameters()).device
+
+        def whole(wave: Tensor) -> Tensor:
+            return self.features(wave.to(device), layer)
+
+        if layer in ("encoder", "spectrum") or self.config.context == "transformer" or self.config.reverse:
+            return whole, None
 
         def encode(wave: Tensor) -> Tensor:
             return self.encoder(wave.to(device))
 
-        if layer == "encoder":
-            return encode, None
-        if layer == "spectrum":
-            return (lambda wave: self.encoder.spectrum(wave.to(device))), None
-        if self.config.context != "transformer" and not self.config.reverse:
+        if layer == "context":
             return encode, self.contextualise
-        return (lambda wave: self(wave.to(device))[1]), None
+
+        def z_and_c(z: Tensor, state: object) -> tuple[Tensor, object]:
+            c, state = self.contextualise(z, state)
+            return torch.cat([z, c], dim=-1), state
+
+        return encode, z_and_c
 
     def _context_backwards(self, z: np.ndarray, chunk: int) -> np.ndarray:
         """c (F, context_dim) of a reverse-mode recurrent context from all of z (F, encoder_dim): chunks from the

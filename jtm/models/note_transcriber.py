@@ -18,7 +18,7 @@ The study's notes cells write this folder (``CELL/model``); :meth:`from_pretrain
 checked and every size bounded before anything is allocated; weights with safetensors, never pickle):
 ``model.safetensors`` (keys ``frontend.*``, ``head.*``) and ``config.json`` = ``{"format":
 "jtm-note-transcriber", "version": 1, "config": {"task": "notes", "frontend": {"kind": "cpc"|"logmel",
-"config": {...}}, "features": "context"|"encoder"|"both", "head": {NoteHead options}, "thresholds": {"onset",
+"config": {...}}, "features": "context"|"encoder"|"both"|"spectrum", "head": {NoteHead options}, "thresholds": {"onset",
 "sustain", "frame"}}}``. The front end is the pretrained or random CPC encoder (weights included) or the log-mel
 spectrogram (no weights, never normalised: the study's standardisation is folded into the head's first layer).
 """
@@ -145,18 +145,7 @@ class NoteTranscriber(nn.Module):
         if isinstance(self.frontend, LogMel):
             c = self.frontend.config
             return self.frontend.spectrogram, None, -(-c.n_fft // c.hop) + 1
-        margin = embed_margin_frames(self.frontend.config)
-        if self.features_from != "both":
-            return (*self.frontend.chunk_functions(self.features_from), margin)
-        encode, contextualise = self.frontend.chunk_functions("context")
-        if contextualise is None:  # no state to carry: the whole encoder on each chunk with its margin
-            return (lambda wave: torch.cat(self.frontend(wave), dim=-1)), None, margin
-
-        def both(z: Tensor, state: object) -> tuple[Tensor, object]:
-            c, state = contextualise(z, state)
-            return torch.cat([z, c], dim=-1), state
-
-        return encode, both, margin
+        return (*self.frontend.chunk_functions(self.features_from), embed_margin_frames(self.frontend.config))
 
     def chunking(self, chunk_seconds: float | None = None, context_seconds: float | None = None,
                  batch_size: int | None = None) -> Chunking:

@@ -46,10 +46,6 @@ def compute_features(frontend: CPCEncoder | LogMel, audio: np.ndarray, sample_ra
     if isinstance(frontend, LogMel):
         frontend.eval()
         return frontend.spectrogram(torch.from_numpy(audio).unsqueeze(0))[0].numpy()
-    if layer == "both":
-        z = frontend.embed(audio, sample_rate, layer="encoder")
-        c = frontend.embed(audio, sample_rate, layer="context")
-        return np.concatenate([z, c], axis=1)
     return frontend.embed(audio, sample_rate, layer=layer)
 
 
