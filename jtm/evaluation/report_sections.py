@@ -60,30 +60,33 @@ def section_overview(ctx: Context) -> str:
     return body
 
 
-def section_cpc(ctx: Context) -> str:
-    from jtm.evaluation.plots import cpc_curves_png
+def _per_folder(ctx: Context, folders: list[Path], render: Callable[[Path], str]) -> str:
+    """One block per folder: its name as a heading, then what ``render`` makes of it."""
+    return "".join(f"<h3>{esc(ctx.name(folder))}</h3>{render(folder)}" for folder in folders)
 
+
+def section_cpc(ctx: Context) -> str:
     if not ctx.found.pretrain:
         raise Missing("No pretraining run (a folder with run.json and logs/) was given.")
-    parts = []
-    for run in ctx.found.pretrain:
-        parts.append(f"<h3>{esc(ctx.name(run))}</h3>")
-        try:
-            metrics = training_log(run)
-        except FileNotFoundError as e:
-            parts.append(note(f"{e} (training has not logged yet)."))
-            continue
-        try:
-            png = cpc_curves_png(metrics, title=f"CPC training: {ctx.name(run)}")
-        except Exception as e:  # one broken log must not hide the other runs
-            parts.append(error(f"could not plot the training log of {ctx.name(run)}", e))
-            continue
-        parts.append(img(png, f"CPC loss and accuracy per prediction step for {ctx.name(run)}",
-                         "InfoNCE loss and prediction accuracy for each step k = 1..K, train and validation."))
-        final = read_json(run / "metrics.json")
-        if isinstance(final, dict) and final:
-            parts.append(_final_cpc_table(final))
-    return "".join(parts)
+    return _per_folder(ctx, ctx.found.pretrain, lambda run: _cpc_run(ctx, run))
+
+
+def _cpc_run(ctx: Context, run: Path) -> str:
+    """A pretraining run's curves per prediction step and its final values (or why they are missing)."""
+    from jtm.evaluation.plots import cpc_curves_png
+
+    try:
+        metrics = training_log(run)
+    except FileNotFoundError as e:
+        return note(f"{e} (training has not logged yet).")
+    try:
+        png = cpc_curves_png(metrics, title=f"CPC training: {ctx.name(run)}")
+    except Exception as e:  # one broken log must not hide the other runs
+        return error(f"could not plot the training log of {ctx.name(run)}", e)
+    html = img(png, f"CPC loss and accuracy per prediction step for {ctx.name(run)}",
+               "InfoNCE loss and prediction accuracy for each step k = 1..K, train and validation.")
+    final = read_json(run / "metrics.json")
+    return html + (_final_cpc_table(final) if isinstance(final, dict) and final else "")
 
 
 def _final_cpc_table(metrics: dict[str, float]) -> str:
@@ -103,16 +106,15 @@ def _final_cpc_table(metrics: dict[str, float]) -> str:
     return "<p>Final values per prediction step:</p>" + table(df)
 
 
-# Shaped like section_cpc on purpose (duplicates): each section renders its own kind of folder, one block each.
 def section_label_efficiency(ctx: Context) -> str:
     if not ctx.found.studies:
         raise Missing("No study (a folder with results.csv from jtm study) was given.")
-    parts = []
-    for study in ctx.found.studies:
-        parts.append(f"<h3>{esc(ctx.name(study))}</h3>")
+
+    def figures(study: Path) -> str:
         figs = label_efficiency_figures(study)
-        parts.append(f'<div class="grid">{"".join(figs)}</div>' if figs else note("results.csv has no values yet."))
-    return "".join(parts)
+        return f'<div class="grid">{"".join(figs)}</div>' if figs else note("results.csv has no values yet.")
+
+    return _per_folder(ctx, ctx.found.studies, figures)
 
 
 def section_results(ctx: Context) -> str:
