@@ -205,8 +205,8 @@ def score_frames(store: Store, tracks: np.ndarray, task: str, probs: list[np.nda
     return metrics
 
 
-NOTE_GAP_FRAMES = 1000
-"""Silent frames laid between recordings when the notes task pools them, so no note matches across recordings."""
+NOTE_GAP_FRAMES = round(_NOTE_GAP_SECONDS * FRAME_RATE)
+"""The same silence in frames, where the notes task pools frame rolls and probabilities as well as notes."""
 
 
 def pool_recordings(store: Store, tracks: np.ndarray, outputs: list[Any]) -> dict[str, Any]:
