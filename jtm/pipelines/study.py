@@ -74,7 +74,7 @@ from jtm.models.note_transcriber import NoteThresholds, NoteTranscriber
 from jtm.pipelines.arms import (NOTE_HEAD, ONSET_MAX_POS_WEIGHT, ONSET_WIDTH, EndToEnd, FrozenNoteHead, FrozenProbe,
                                 TaskView, frame_limit)
 from jtm.pipelines.evaluate import (NOTE_HEADLINE, headline_metric, json_safe, pool_recordings, score_classification,
-                                    score_frames, score_notes, track_labels)
+                                    score_frames, score_notes, split_heldout_timbre, track_labels)
 from jtm.pipelines.features import FeatureCache
 from jtm.training.config import DownstreamConfig
 from jtm.pipelines.study_config import METHODS, NOTE_TASK, StudyConfig
@@ -211,9 +211,9 @@ def run_cell(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, fract
 def _score_cell(cfg: StudyConfig, arm: Any, model: Any, view: TaskView, cell: Path, lr: float, selected: Any,
                 tried: dict[str, float], val_truth: list[np.ndarray], task: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    # Held-out-timbre recordings (jtm data synth --renderings) are scored apart, with the same thresholds.
-    heldout = view.store.heldout_timbre(view.data.splits.test)
-    test, test_heldout = view.data.splits.test[~heldout], view.data.splits.test[heldout]
+    # Held-out-timbre recordings (jtm data synth --renderings) are scored apart, with the same thresholds, as
+    # jtm evaluate splits them.
+    test, test_heldout = split_heldout_timbre(view.store, view.data.splits.test)
     threshold = onset_threshold = sustain_threshold = None
     metrics_heldout: dict[str, Any] | None = None
     if task == NOTE_TASK:
