@@ -68,6 +68,26 @@ def test_results_table(tmp_path: Path) -> None:
     assert lines[ensemble + 3].split() == ["chance", "0.500"]
 
 
+def test_comparisons_table_shows_the_best_cpc_arm_against_each_baseline(tmp_path: Path) -> None:
+    from jtm.pipelines.demo import comparisons_table
+
+    per_seed = {"cpc-linear": [0.50, 0.70, 0.60], "cpc-mlp": [0.40, 0.60, 0.50], "random-linear": [0.45, 0.62, 0.58],
+                "supervised": [0.55, 0.60, 0.40]}
+    rows = [{"task": "transcription", "method": m, "fraction": 0.1, "seed": k, "headline": v, "val_score": v}
+            for m, values in per_seed.items() for k, v in enumerate(values)]
+    rows += [{**r, "method": "cpc-best", "chosen": "cpc-linear"} for r in rows if r["method"] == "cpc-linear"]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    lines = comparisons_table(tmp_path / "results.csv").splitlines()
+    assert lines[0].startswith("transcription: paired differences") and "f=0.1" in lines[1]
+    table = {" ".join(line.split()[:3]): line.split()[3:] for line in lines[2:]}
+    assert set(table) == {"cpc-linear - random-linear", "cpc-best - random-linear", "cpc-best - supervised"}
+    # cpc-best - supervised per seed: -0.05, +0.10, +0.20 -> mean +0.083, won on 2 of 3 seeds
+    assert table["cpc-best - supervised"][0] == "+0.083" and table["cpc-best - supervised"][-1] == "2/3"
+    assert table["cpc-linear - random-linear"][-1] == "3/3"
+    pd.DataFrame([{**r, "method": "logmel-linear"} for r in rows]).to_csv(tmp_path / "results.csv", index=False)
+    assert comparisons_table(tmp_path / "results.csv") == ""  # no CPC arm: nothing to compare
+
+
 def test_study_config_follows_the_demo_config(tmp_path: Path) -> None:
     from jtm.pipelines.demo import study_config
 

@@ -224,6 +224,9 @@ def test_seeded_study_shows_spreads_chance_lrs_and_its_json(tmp_path: Path) -> N
     assert spread.rindex("<th>chance</th>") > spread.rindex("<th>logmel-linear</th>") > spread.index("cpc-linear")
     assert ">0.052<" in spread
     assert "Every run (12 rows" in results  # per-seed rows folded away
+    # Paired by seed: cpc-linear beats log-mel by exactly 0.10 on every seed, so the paired interval is a point.
+    assert "paired differences" in results and "cpc-linear − logmel-linear" in results
+    assert "+0.100 [+0.100, +0.100] 3/3" in results
     # Every table scrolls inside its own wrapper.
     assert html.count("<table") == html.count('<div class="table-wrap">') > 3
     assert ".table-wrap" in html and "overflow-x: auto" in html

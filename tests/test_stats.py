@@ -6,7 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from jtm.evaluation.stats import SUMMARY_COLUMNS, chance_row, format_lrs, mean_ci, summarize_results
+from jtm.evaluation.stats import (COMPARISON_COLUMNS, SUMMARY_COLUMNS, chance_row, comparison_pairs, format_lrs,
+                                  mean_ci, paired_differences, summarize_results)
 
 
 def test_mean_ci_of_three_values() -> None:
@@ -47,3 +48,50 @@ def test_summarize_results_one_row_per_cell_with_lrs_in_seed_order() -> None:
     assert format_lrs([0.0003, float("nan"), "x", 1e-4]) == "0.0003,0.0001"
     chance = chance_row("t", 0.1, "frame_ap", 0.05)
     assert set(chance) == set(SUMMARY_COLUMNS) and chance["method"] == "chance" and chance["max"] == 0.05
+
+
+def _results(values: dict[str, list[float]], task: str = "transcription", fraction: float = 0.1) -> pd.DataFrame:
+    return pd.DataFrame([{"task": task, "method": m, "fraction": fraction, "seed": k, "headline": v}
+                         for m, per_seed in values.items() for k, v in enumerate(per_seed)])
+
+
+def test_paired_differences_remove_the_label_subsets_variance() -> None:
+    # Seeds differ a lot (label subsets of very different difficulty), but cpc beats random by 0.05 on every one:
+    # the per-arm intervals overlap, the paired interval is a point at +0.05.
+    df = _results({"cpc-linear": [0.35, 0.65, 0.85], "random-linear": [0.30, 0.60, 0.80]})
+    per_arm = {m: mean_ci(g["headline"]) for m, g in df.groupby("method")}
+    assert per_arm["cpc-linear"]["ci95_low"] < per_arm["random-linear"]["ci95_high"]
+    out = paired_differences(df, [("cpc-linear", "random-linear")])
+    assert list(out.columns) == list(COMPARISON_COLUMNS)
+    row = out.iloc[0]
+    assert (row["method"], row["baseline"], row["n_seeds"], row["wins"]) == ("cpc-linear", "random-linear", 3, 3)
+    assert row["mean"] == pytest.approx(0.05)
+    assert row["ci95_low"] == pytest.approx(0.05) and row["ci95_high"] == pytest.approx(0.05)
+
+
+def test_paired_differences_pair_by_seed_and_skip_unpaired_seeds() -> None:
+    df = pd.concat([_results({"cpc-best": [0.5, 0.7, 0.2], "supervised": [0.6, 0.4]}),
+                    _results({"cpc-best": [0.9], "supervised": [0.1]}, fraction=1.0)], ignore_index=True)
+    df = df.sample(frac=1.0, random_state=0)  # order of rows must not matter, only the seed
+    out = paired_differences(df, [("cpc-best", "supervised"), ("cpc-best", "logmel-linear")])
+    assert len(out) == 2  # no logmel rows: that pair is left out
+    small = out[out["fraction"] == 0.1].iloc[0]
+    diffs = [0.5 - 0.6, 0.7 - 0.4]  # seed 2 has no supervised run
+    assert small["n_seeds"] == 2 and small["wins"] == 1
+    assert small["mean"] == pytest.approx(sum(diffs) / 2)
+    expected = mean_ci(diffs)
+    assert small["ci95_low"] == pytest.approx(expected["ci95_low"])
+    single = out[out["fraction"] == 1.0].iloc[0]
+    assert single["mean"] == pytest.approx(0.8) and single["n_seeds"] == 1
+
+
+def test_comparison_pairs_match_probe_kinds_and_fall_back_to_linear() -> None:
+    methods = ["cpc-linear", "cpc-mlp", "cpc-note", "cpc-best", "random-linear", "random-note", "logmel-linear",
+               "supervised", "cqt-note"]
+    pairs = comparison_pairs(methods)
+    assert ("cpc-linear", "random-linear") in pairs and ("cpc-note", "random-note") in pairs
+    assert ("cpc-note", "cqt-note") in pairs and ("cpc-linear", "cqt-linear") not in pairs
+    assert ("cpc-mlp", "random-linear") in pairs  # no random-mlp arm: compared with the linear one
+    assert ("cpc-best", "supervised") in pairs
+    assert all(m.startswith("cpc-") for m, _ in pairs)
+    assert comparison_pairs(["logmel-linear", "random-linear"]) == []

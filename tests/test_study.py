@@ -203,6 +203,18 @@ def test_summary_has_spreads_per_cell_and_a_chance_row(study: Study) -> None:
     assert (chance["headline_metric"] == "frame_ap").all() and (chance["n_seeds"] == 1).all()
 
 
+def test_comparisons_are_seed_by_seed_differences_of_the_results(study: Study) -> None:
+    results = pd.read_csv(study.out / "results.csv")
+    comparisons = pd.read_csv(study.out / "comparisons.csv")
+    assert list(zip(comparisons["method"], comparisons["baseline"])) == [("cpc-linear", "supervised")] * len(FRACTIONS)
+    for _, row in comparisons.iterrows():
+        per_seed = results[(results["fraction"] == row["fraction"])].set_index(["method", "seed"])["headline"]
+        diffs = [per_seed[(row["method"], k)] - per_seed[(row["baseline"], k)] for k in range(SEEDS)]
+        assert row["n_seeds"] == SEEDS and row["wins"] == sum(d > 0 for d in diffs)
+        assert row["mean"] == pytest.approx(sum(diffs) / SEEDS)
+        assert row["ci95_low"] <= row["mean"] <= row["ci95_high"]
+
+
 def test_study_and_environment_json_are_written(study: Study) -> None:
     saved = json.loads((study.out / "study.json").read_text())
     assert StudyConfig.from_dict(saved) == study.cfg
@@ -418,6 +430,54 @@ def test_the_study_command(prepared_store, tmp_path: Path) -> None:
     # A changed setting on the same folder is an error message, not a traceback.
     code, _, err = run_cli([*args[:args.index("--steps")], "--steps", "7", *args[args.index("--steps") + 2:]])
     assert code != 0 and "study.json" in err and "steps" in err
+
+
+def test_augment_applies_to_spectral_arms_only_and_is_part_of_their_cells(tmp_path: Path) -> None:
+    """--augment eq is refused for arms that read no spectrum; it enters the configuration of the cells it trains
+    (so they are never reused for a study without it, nor for another strength), and a study.json written before
+    the option existed still matches a study without it."""
+    from jtm.training.runs import changed_keys
+
+    base = StudyConfig(data="nowhere", out=str(tmp_path / "s"), methods=("logmel-note", "cqt-linear"),
+                       tasks=("notes",), pretrained="somewhere")
+    for bad, match in ((dict(methods=("cqt-linear", "cpc-linear")), "cpc-linear read no spectrum"),
+                       (dict(methods=("supervised",), tasks=("transcription",)), "supervised read no spectrum"),
+                       (dict(augment="reverb"), "--augment must be one of eq"),
+                       (dict(augment=None), "give --augment")):
+        with pytest.raises(JTMError, match=match):
+            run_study(replace(base, **{"augment": "eq", "augment_db": 3.0, **bad}))
+    assert not (tmp_path / "s").exists()
+    plain = base.cell_config("notes", "logmel-note", 1.0, 0)
+    assert "augment" not in plain
+    eq = replace(base, augment="eq").cell_config("notes", "logmel-note", 1.0, 0)
+    strong = replace(base, augment="eq", augment_db=12.0).cell_config("notes", "logmel-note", 1.0, 0)
+    assert eq["augment"]["kind"] == "eq" and eq["augment"]["gain_db"] == 6.0 and strong["augment"]["gain_db"] == 12.0
+    assert changed_keys(plain, eq) == ["augment"] and changed_keys(eq, strong) == ["augment"]
+    old = {k: v for k, v in base.to_dict().items() if not k.startswith("augment")}
+    assert changed_keys(old, base.to_dict()) == [] and changed_keys(old, replace(base, augment="eq").to_dict())
+
+
+def test_the_study_command_with_augment(prepared_store, tmp_path: Path) -> None:
+    """``jtm study --augment eq --augment-db N`` records the augmentation in study.json and every cell, and a
+    re-run of the folder without it is refused, not served the augmented cells."""
+    from tests.apply_helpers import run_cli
+
+    store, _ = prepared_store
+    out = tmp_path / "cli"
+    args = ["study", "--data", store.path, "--out", out, "--tasks", "transcription", "--fractions", "1",
+            "--methods", "logmel-linear", "--seeds", "1", "--steps", "4", "--eval-every", "2", "--patience", "0",
+            "--probe-lrs", "0.01", "--batch-size", "2", "--window", "2560", "--val-fraction", "0.25",
+            "--max-val-seconds", "2", "--threads", "1"]
+    code, _, err = run_cli([*args, "--augment", "eq", "--augment-db", "3"])
+    assert code == 0, err
+    saved = json.loads((out / "study.json").read_text())
+    assert saved["augment"] == "eq" and saved["augment_db"] == 3.0
+    cell = json.loads((out / "transcription" / "logmel-linear" / "f1.0" / "seed0" / "cell.json").read_text())
+    assert cell["config"]["augment"]["kind"] == "eq" and cell["config"]["augment"]["gain_db"] == 3.0
+    code, _, err = run_cli(args)
+    assert code != 0 and "study.json" in err and "augment" in err
+    code, _, err = run_cli([*args, "--augment", "reverb"])
+    assert code != 0 and "reverb" in err
 
 
 def test_best_cpc_arm_is_chosen_on_validation_never_on_test() -> None:

@@ -13,12 +13,14 @@ from jtm.audio import HOP
 from jtm.cli.app import app, choices, config_from_options, default_of, parse_devices
 from jtm.cli.pretrain import is_global_zero
 from jtm.hardware import pin_mkl_rounding
+from jtm.data.augment import AUGMENTATIONS
 from jtm.models.config import FEATURE_LAYERS
 from jtm.pipelines.study_config import METHODS, StudyConfig
 from jtm.training.config import PROBES, DownstreamConfig
 
 Probe = choices("Probe", PROBES)
 Features = choices("Features", FEATURE_LAYERS)
+Augment = choices("Augment", AUGMENTATIONS)
 
 
 class Split(str, Enum):
@@ -158,6 +160,11 @@ def study(
     max_eval_seconds: Optional[float] = typer.Option(_study("max_eval_seconds"), help="Score only the first N "
                                                      "seconds of each test recording."),
     threads: Optional[int] = typer.Option(_study("threads"), help="Torch CPU threads (default: the usable cores)."),
+    augment: Optional[Augment] = typer.Option(_study("augment"), help="eq: filter every training crop of the spectral "
+                                          "arms (logmel-*, cqt-*) with a random smooth equaliser, so they learn "
+                                          "from many timbres (those arms only; default: none)."),
+    augment_db: Optional[float] = typer.Option(_study("augment_db"), help="Strength of --augment eq: the overall "
+                                               "gain ranges over +-N dB, tilt and bumps in proportion (default 6)."),
 ) -> None:
     """Label efficiency: every task x method x fraction x seed, at an equal step budget, with the learning rate and
     the checkpoint chosen on validation; results.csv, summary.csv (mean, 95 % CI, min-max, chance) and plots."""
@@ -170,6 +177,9 @@ def study(
         methods=tuple(parse_list(methods)), skip=tuple(parse_list(skip)),
         probe_lrs=tuple(parse_list(probe_lrs, float)), encoder_lrs=tuple(parse_list(encoder_lrs, float)))
     run_study(cfg, log=typer.echo)
-    from jtm.pipelines.demo import results_table
+    from jtm.pipelines.demo import comparisons_table, results_table
 
     typer.echo(results_table(out / "summary.csv"))
+    comparisons = comparisons_table(out / "results.csv")
+    if comparisons:
+        typer.echo("\n" + comparisons)

@@ -134,7 +134,7 @@ def study_results_html(study: Path, name: str) -> str:
     if summary is None:
         return f"<h3>{esc(name)}: results.csv</h3>" + table(results_summary(results))
     per_seed = table(results_summary(results))
-    return (f"<h3>{esc(name)}</h3>" + summary_tables(summary) + metric_tables(results)
+    return (f"<h3>{esc(name)}</h3>" + summary_tables(summary) + comparison_tables(results) + metric_tables(results)
             + f"<details><summary>Every run ({len(results)} rows of results.csv)</summary>{per_seed}</details>")
 
 
@@ -160,6 +160,34 @@ def summary_tables(summary: pd.DataFrame) -> str:
             parts.append(f"<p>Learning rate chosen on validation, per seed ({esc(task)}):</p>")
             parts.append(_grid_table(learned, fractions, lambda m, f: _lrs_cell(cells.get((m, f))), "spread lrs"))
     return "".join(parts)
+
+
+def comparison_tables(results: pd.DataFrame) -> str:
+    """Per task, every CPC arm against its baselines, seed by seed on the same label subsets
+    (:func:`jtm.evaluation.stats.paired_differences`): mean difference, its 95 % CI and the seeds won, one
+    column per fraction. Empty when there is no such pair (or no seeds)."""
+    from jtm.evaluation.stats import comparison_pairs, paired_differences
+
+    if not {"task", "method", "fraction", "seed", "headline"} <= set(results.columns):
+        return ""
+    diffs = paired_differences(results, comparison_pairs(results["method"].astype(str).unique()))
+    parts = []
+    for task, grp in diffs.groupby("task", sort=False):
+        fractions = sorted(float(f) for f in grp["fraction"].unique())
+        cells = {(f"{r['method']} − {r['baseline']}", float(r["fraction"])): r for _, r in grp.iterrows()}
+        names = list(dict.fromkeys(name for name, _ in cells))
+        parts.append(f"<h4>{esc(task)}: paired differences, method − baseline on the same label subsets, mean "
+                     "[95 % CI], seeds won</h4>")
+        parts.append(_grid_table(names, fractions, lambda m, f: _difference_cell(cells.get((m, f)))))
+    return "".join(parts)
+
+
+def _difference_cell(row: pd.Series | None) -> str:
+    if row is None:
+        return "<td></td>"
+    text = (f"{row['mean']:+.3f} [{row['ci95_low']:+.3f}, {row['ci95_high']:+.3f}] "
+            f"{int(row['wins'])}/{int(row['n_seeds'])}")
+    return f'<td class="num">{esc(text)}</td>'
 
 
 NOTE_COLUMNS = (("frame_f1", "frame F1"), ("note_f1", "note F1"), ("note_offset_f1", "note F1 with offsets"))

@@ -111,3 +111,59 @@ def chance_row(task: str, fraction: float, headline_metric: str, value: float) -
     v = float(value)
     return {"task": task, "method": CHANCE, "fraction": float(fraction), "headline_metric": headline_metric,
             "n_seeds": 1, "mean": v, "std": 0.0, "ci95_low": v, "ci95_high": v, "min": v, "max": v, "lrs": ""}
+
+
+COMPARISON_COLUMNS = ("task", "fraction", "method", "baseline", "n_seeds", "mean", "ci95_low", "ci95_high", "wins")
+"""Columns of a study's ``comparisons.csv``, in order."""
+
+BASELINE_PREFIXES = ("random", "supervised", "logmel", "cqt")
+"""What each CPC arm is compared with: the untrained architecture, the architecture trained from scratch, and the
+two hand-made spectral front ends."""
+
+
+def comparison_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
+    """(CPC arm, baseline) pairs among ``methods``: every ``cpc-<probe>`` arm against ``<baseline>-<probe>`` for
+    each of :data:`BASELINE_PREFIXES`, or ``<baseline>-linear`` when that probe has no such arm (cpc-best,
+    cpc-finetune), and against ``supervised``. Only pairs whose two arms are both in ``methods``."""
+    present = list(dict.fromkeys(str(m) for m in methods))
+    pairs = []
+    for method in (m for m in present if m.startswith("cpc-")):
+        probe = method.split("-", 1)[1]
+        for prefix in BASELINE_PREFIXES:
+            if prefix == "supervised":
+                baseline = "supervised"
+            else:
+                baseline = f"{prefix}-{probe}" if f"{prefix}-{probe}" in present else f"{prefix}-linear"
+            if baseline in present:
+                pairs.append((method, baseline))
+    return pairs
+
+
+def paired_differences(results: pd.DataFrame, pairs: Sequence[tuple[str, str]], value_column: str = "headline",
+                       confidence: float = 0.95) -> pd.DataFrame:
+    """Seed-by-seed differences ``method - baseline`` per (task, fraction): mean, t interval and wins.
+
+    In a study every arm's seed k trains on the same label subset, so the difference of two arms on one seed
+    removes the variance of the subset, which dominates the per-arm intervals at small fractions: this is the
+    paired comparison that says whether one arm beats another. ``results`` needs task, method, fraction, seed and
+    ``value_column``; seeds present for only one of the two arms are left out. ``wins`` counts the seeds on
+    which the method scored higher. Returns the columns of :data:`COMPARISON_COLUMNS`.
+    """
+    missing = {"task", "method", "fraction", "seed", value_column} - set(results.columns)
+    if missing:
+        raise ValueError(f"results lack column(s) {sorted(missing)}")
+    values = results.assign(_value=pd.to_numeric(results[value_column], errors="coerce"))
+    rows = []
+    for (task, fraction), grp in values.groupby(["task", "fraction"], sort=False):
+        by_seed = grp.pivot_table(index="seed", columns="method", values="_value", aggfunc="first")
+        for method, baseline in pairs:
+            if method not in by_seed or baseline not in by_seed:
+                continue
+            diff = (by_seed[method] - by_seed[baseline]).dropna()
+            if diff.empty:
+                continue
+            s = mean_ci(diff, confidence)
+            rows.append({"task": task, "fraction": float(fraction), "method": method, "baseline": baseline,
+                         "n_seeds": s["n"], "mean": s["mean"], "ci95_low": s["ci95_low"],
+                         "ci95_high": s["ci95_high"], "wins": int((diff > 0).sum())})
+    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))

@@ -363,6 +363,40 @@ def results_table(summary_csv: Path) -> str:
     return "\n".join(lines).rstrip()
 
 
+def comparisons_table(results_csv: Path) -> str:
+    """The paired comparisons of a study's ``results.csv`` as text (:func:`jtm.evaluation.stats.paired_differences`):
+    per task, one row per comparison (the best CPC arm against each baseline, and CPC + linear against the
+    untrained encoder + linear), one column per fraction, each cell ``mean [95 % CI] wins/seeds``. Empty when
+    the study has no CPC arm with a baseline beside it."""
+    import pandas as pd
+
+    from jtm.evaluation.stats import comparison_pairs, paired_differences
+
+    df = pd.read_csv(results_csv)
+    pairs = [(m, b) for m, b in comparison_pairs(df["method"].unique())
+             if m == "cpc-best" or (m, b) == ("cpc-linear", "random-linear")]
+    diffs = paired_differences(df, pairs)
+    lines = []
+    for task, grp in diffs.groupby("task", sort=False):
+        fractions = sorted(grp["fraction"].unique())
+        lines.append(f"{task}: paired differences on the test recordings (seed k of every arm has the same label "
+                     "subset), mean [95 % CI] and seeds won")
+        lines.append("  " + "comparison".ljust(30) + "".join(f"{'f=' + format(f, 'g'):>30}" for f in fractions))
+        for (method, baseline), rows in grp.groupby(["method", "baseline"], sort=False):
+            cells = []
+            for f in fractions:
+                row = rows[rows["fraction"] == f]
+                if row.empty:
+                    cells.append(f"{'n/a':>30}")
+                    continue
+                r = row.iloc[0]
+                cells.append(f"{r['mean']:+.3f} [{r['ci95_low']:+.3f}, {r['ci95_high']:+.3f}] "
+                             f"{int(r['wins'])}/{int(r['n_seeds'])}".rjust(30))
+            lines.append("  " + f"{method} - {baseline}".ljust(30) + "".join(cells))
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 @dataclass(frozen=True)
 class DemoPaths:
     """Where each stage of a demo writes: its folder ``out`` and, below it, one output per stage."""
@@ -493,6 +527,8 @@ def run_demo(out: str | Path = "jtm-demo", cfg: DemoConfig | None = None, echo: 
     _echo_timings(stages, total, echo)
     results = paths.study / "summary.csv"
     table = results_table(results) if results.is_file() else "(no study results)"
+    if (paths.study / "results.csv").is_file():
+        table = "\n\n".join(t for t in (table, comparisons_table(paths.study / "results.csv")) if t)
     echo("")
     echo(table)
     echo("")

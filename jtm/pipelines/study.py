@@ -45,8 +45,10 @@ every learning rate tried, the selection curve and the test metrics), ``metrics.
 with its front end and decoding thresholds; either usable by ``jtm transcribe``/``jtm evaluate``),
 ``run.json`` (not for note heads)/``splits.json``.
 ``DIR/results.csv`` has one row per cell, ``DIR/summary.csv`` one per (task, method, fraction) plus the chance
-rows, ``DIR/label_efficiency_<task>.png`` the plot with its bands. A finished cell is reused on a re-run only
-when its configuration is unchanged; a changed one is refused (delete the cell to recompute it).
+rows, ``DIR/comparisons.csv`` every CPC arm against its baselines seed by seed (a paired difference: seed k of
+every arm trains on the same label subset), ``DIR/label_efficiency_<task>.png`` the plot with its bands. A
+finished cell is reused on a re-run only when its configuration is unchanged; a changed one is refused (delete the
+cell to recompute it).
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ from jtm.data.tasks import frame_roll, is_frame_task, labelled_tracks, positive_
 from jtm.errors import JTMError
 from jtm.evaluation.metrics import ranking_average_precision, tune_note_thresholds, tune_threshold
 from jtm.evaluation.plots import plot_label_efficiency
-from jtm.evaluation.stats import chance_row, summarize_results
+from jtm.evaluation.stats import chance_row, comparison_pairs, paired_differences, summarize_results
 from jtm.fileio import atomic_path, folder_lock, load_json, write_json_atomic
 from jtm.models.config import CPCConfig
 from jtm.models.cpc import CPCEncoder
@@ -391,6 +393,8 @@ def _write_tables(out: Path, cfg: StudyConfig, store: Store, rows: list[dict[str
                         ignore_index=True)
     with atomic_path(out / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
+    with atomic_path(out / "comparisons.csv") as tmp:
+        paired_differences(df, comparison_pairs(df["method"].unique())).to_csv(tmp, index=False)
     return df
 
 
