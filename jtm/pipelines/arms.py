@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jtm.data.augment import EQConfig, LogSpectrum, RandomEQ
 from jtm.data.labels import HOP, track_onset_roll
 from jtm.data.store import Store
 from jtm.data.tasks import TaskData, frame_roll, is_frame_task, pos_weight_from_counts
@@ -76,13 +77,33 @@ def frame_limit(max_seconds: float | None, sample_rate: int) -> int | None:
     return None if max_seconds is None else int(max_seconds * sample_rate) // HOP
 
 
+def log_spectrum_of(cache: FeatureCache) -> LogSpectrum | None:
+    """How the cached features measure energy, for front ends whose features are a log spectrum: the log-mel
+    front end (log of mel power + eps) and a gabor encoder's ``spectrum`` (log1p of gain x filter magnitude);
+    None for the others (CPC layers are no spectrum)."""
+    frontend = cache.frontend
+    if isinstance(frontend, LogMel):
+        return LogSpectrum(floor=frontend.config.eps, db_per_unit=10.0)
+    if cache.layer == "spectrum":
+        return LogSpectrum(floor=1.0, db_per_unit=20.0)
+    return None
+
+
 class FrozenProbe:
     """A linear or MLP probe on cached features of a frozen front end, standardised with statistics of the
-    label subset (so every front end reaches the probe on the same scale)."""
+    label subset (so every front end reaches the probe on the same scale).
+
+    With ``eq``, every training crop of a log-spectral front end is filtered by a random equaliser
+    (:class:`jtm.data.augment.RandomEQ`) before standardisation, so the probe learns from many timbres;
+    validation, test and the statistics read the features as they are."""
 
     def __init__(self, view: TaskView, cache: FeatureCache, probe: str, hidden: int, dropout: float,
-                 max_stat_frames: int = 200_000) -> None:
+                 max_stat_frames: int = 200_000, eq: EQConfig | None = None) -> None:
         self.view, self.cache, self.kind, self.hidden, self.dropout = view, cache, probe, hidden, dropout
+        self.eq, self.spectrum = eq, log_spectrum_of(cache)
+        if eq is not None and self.spectrum is None:
+            raise JTMError(f"the EQ augmentation filters a log spectrum; the {cache.layer!r} features of "
+                           f"{type(cache.frontend).__name__} are not one (only log-mel and the gabor spectrum are)")
         train = view.data.splits.train
         self.train_tracks = np.asarray([t for t in train if len(cache(int(t))) >= view.window_frames], dtype=np.int64)
         if len(self.train_tracks) == 0:
@@ -115,6 +136,7 @@ class FrozenProbe:
     def batches(self, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Random crops of ``window_frames`` frames: inputs (B, W, D), targets (B, W, n_out) or (B,)."""
         rng = np.random.default_rng([seed, 0xBA7C])
+        augment = None if self.eq is None else RandomEQ(self.eq, self.spectrum, seed)
         lengths = np.asarray([len(self.cache(int(t))) for t in self.train_tracks], dtype=np.float64)
         w, v = self.view.window_frames, self.view
         while True:
@@ -130,7 +152,8 @@ class FrozenProbe:
                     ys.append(np.pad(roll, ((0, w - len(roll)), (0, 0))))
                 else:
                     ys.append(v.data.class_of_track[t])
-            x = self._inputs(np.stack(xs))
+            crops = np.stack(xs)
+            x = self._inputs(crops if augment is None else augment(crops))
             y = torch.from_numpy(np.stack(ys)) if v.frame_task else torch.as_tensor(np.asarray(ys), dtype=torch.long)
             yield x, y
 
@@ -199,8 +222,8 @@ class FrozenNoteHead(FrozenProbe):
     """
 
     def __init__(self, view: TaskView, cache: FeatureCache, max_stat_frames: int = 200_000,
-                 options: dict[str, Any] | None = None) -> None:
-        super().__init__(view, cache, "note", hidden=0, dropout=0.0, max_stat_frames=max_stat_frames)
+                 options: dict[str, Any] | None = None, eq: EQConfig | None = None) -> None:
+        super().__init__(view, cache, "note", hidden=0, dropout=0.0, max_stat_frames=max_stat_frames, eq=eq)
         self.options = dict(NOTE_HEAD if options is None else options)
         onsets = [self._roll(int(t))[:, 128:] for t in self.train_tracks]
         n_pos = sum(int(o.sum()) for o in onsets)

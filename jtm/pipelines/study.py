@@ -15,6 +15,9 @@ For every task x method (arm) x label fraction x seed, one model is trained and 
   min-max. A chance row scores a constant predictor (frame AP = positive rate; majority-class accuracy).
 - **Frozen features are cached** (:mod:`jtm.pipelines.features`) and standardised with statistics of the label
   subset; every probe, learning rate and seed reads them from disk.
+- **Timbre augmentation** (``augment="eq"``, the spectral arms only): each training crop of log-mel or cqt
+  features is filtered by a random smooth equaliser (:mod:`jtm.data.augment`) before standardisation; it is part
+  of those cells' configuration.
 
 Arms (``METHODS``); the random and from-scratch arms copy the pretrained encoder's architecture:
     random-linear   the CPC architecture, randomly initialised and frozen, + linear probe
@@ -185,9 +188,9 @@ def run_cell(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, fract
     if spec.trains_encoder:
         arm: Any = EndToEnd(view, fronts.encoder("pretrained" if spec.finetune else "random"), spec.finetune)
     elif spec.probe == "note":
-        arm = FrozenNoteHead(view, fronts.cache(spec.encoder), options=NOTE_HEAD)
+        arm = FrozenNoteHead(view, fronts.cache(spec.encoder), options=NOTE_HEAD, eq=cfg.eq)
     else:
-        arm = FrozenProbe(view, fronts.cache(spec.encoder), spec.probe, cfg.hidden, cfg.dropout)
+        arm = FrozenProbe(view, fronts.cache(spec.encoder), spec.probe, cfg.hidden, cfg.dropout, eq=cfg.eq)
     lrs = [lr_choice] if lr_choice is not None else list(cfg.encoder_lrs if spec.trains_encoder else cfg.probe_lrs)
     val_truth = _validation_truth(view, cfg.max_val_seconds, arm)
     seed = cfg.seed + repeat

@@ -9,6 +9,7 @@ from typing import Any
 from jtm.audio import HOP
 from jtm.configs import (MAX_WIDTH, batch_size_field, bounded, check_bounds, count_field, load_config,
                          window_field)
+from jtm.data.augment import AUGMENTATIONS, EQConfig
 from jtm.errors import JTMError
 from jtm.models.config import FEATURE_LAYERS
 
@@ -32,6 +33,9 @@ class Method:
             return not self.trains_encoder
         return self.probe != "note"
 
+
+SPECTRAL_ENCODERS = ("logmel", "cqt")
+"""Front ends whose features are a log spectrum over frequency: the arms ``--augment eq`` can filter."""
 
 NOTE_TASK = "notes"
 """Transcription scored as notes: frame F1, note F1 with and without offsets (``jtm.pipelines.study``)."""
@@ -88,6 +92,11 @@ class StudyConfig:
     max_eval_seconds: float | None = None
     """Seconds of each test recording scored (None: all)."""
     threads: int | None = bounded(None, 1, 4096)
+    augment: str | None = None
+    """Timbre augmentation of the training crops of the spectral arms (logmel-*, cqt-*): ``eq``, a random smooth
+    equaliser per crop (:mod:`jtm.data.augment`); None: none."""
+    augment_db: float | None = bounded(None, 0.0, 60.0)
+    """Strength of ``eq``: its overall gain ranges over +-this many dB, the rest in proportion (None: 6 dB)."""
 
     MACHINE_KEYS = ("threads", "out", "data")
 
@@ -129,6 +138,27 @@ class StudyConfig:
             raise JTMError(f"--features must be one of {', '.join(FEATURE_LAYERS)}, not {self.features!r}")
         if self.window % HOP:
             raise JTMError(f"--window ({self.window}) must be a multiple of {HOP} samples")
+        self._validate_augment()
+
+    def _validate_augment(self) -> None:
+        if self.augment is None:
+            if self.augment_db is not None:
+                raise JTMError("--augment-db sets the strength of --augment eq; give --augment eq too")
+            return
+        if self.augment not in AUGMENTATIONS:
+            raise JTMError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, not {self.augment!r}")
+        others = [m for m in self.methods if METHODS[m].encoder not in SPECTRAL_ENCODERS or METHODS[m].trains_encoder]
+        if others:
+            raise JTMError(f"--augment {self.augment} filters log spectra, so it applies only to the "
+                           f"{'/'.join(SPECTRAL_ENCODERS)} arms; {', '.join(others)} read no spectrum: run them in "
+                           "a study without --augment")
+
+    @property
+    def eq(self) -> EQConfig | None:
+        """The random equaliser of the spectral arms' training crops (None without ``--augment eq``)."""
+        if self.augment is None:
+            return None
+        return EQConfig() if self.augment_db is None else EQConfig.of_strength(self.augment_db)
 
     def cells(self) -> list[tuple[str, str, float]]:
         """(task, method, fraction) of every cell, in the order they run."""
@@ -153,5 +183,7 @@ class StudyConfig:
             d.update(hidden=self.hidden, dropout=self.dropout)
         if spec.encoder in ("pretrained", "random") and not spec.trains_encoder:
             d["features"] = self.features
+        if self.eq is not None:  # absent without augmentation, so the cells of earlier studies stay reusable
+            d["augment"] = {"kind": self.augment, **self.eq.to_dict()}
         return {"task": task, "method": method, "fraction": float(fraction), "repeat": repeat,
                 "lrs": list(lrs), **d}
