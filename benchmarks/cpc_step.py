@@ -43,8 +43,9 @@ CONFIGS = {
     "default": dict(encoder="sinc", encoder_dim=512, context="transformer", context_dim=512),
     # CPC_audio-like small model: conv encoder, GRU context, 256 hidden
     "conv-gru-256": dict(encoder="conv", encoder_dim=256, context="gru", context_dim=256),
-    # jtm demo's model (DemoConfig): Gabor filterbank, GRU context, 128 hidden, cosine score
-    "demo": dict(encoder="gabor", encoder_dim=128, context="gru", context_dim=128, norm="batch", score="cosine"),
+    # jtm demo's model (DemoConfig): Gabor filterbank, GRU context, 128 hidden, cosine score, spectral targets
+    "demo": dict(encoder="gabor", encoder_dim=128, context="gru", context_dim=128, norm="batch", score="cosine",
+                 target="frontend"),
     # for unit tests only
     "tiny": dict(encoder="conv", encoder_dim=16, context="gru", context_dim=16, predict_steps=3, negatives=8),
 }
@@ -69,7 +70,7 @@ def _step_fn(model: CPCEncoder, criterion: CPCLoss, optimizer, wave, negative_id
     def step():
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            z, c = model(wave)
+            z, c = model.cpc_inputs(wave)  # what jtm pretrain's step runs: targets (z or spectral) and contexts
         if naive:
             out = naive_cpc_loss(criterion.weight, criterion.bias, c, z, negative_idx, criterion.config.reverse)
         else:
@@ -95,22 +96,22 @@ def model_flops(model: CPCEncoder, config: CPCConfig, wave: torch.Tensor) -> flo
     """FLOPs a CPC step needs: encoder + context forward and backward (counted), then the K predictors and the
     1 + N scores of each of the B K T' predictions (forward 2 D each, backward twice that)."""
     with FlopCounterMode(display=False) as counter:
-        z, c = model(wave)
+        z, c = model.cpc_inputs(wave)
         (z.sum() + c.sum()).backward()
     model.zero_grad(set_to_none=True)
     batch, frames = z.shape[:2]
     positions, k = frames - config.predict_steps, config.predict_steps
-    predictors = 2 * batch * positions * config.context_dim * k * config.encoder_dim
-    scores = 2 * batch * k * positions * (1 + config.negatives) * config.encoder_dim
+    predictors = 2 * batch * positions * config.context_dim * k * config.target_dim
+    scores = 2 * batch * k * positions * (1 + config.negatives) * config.target_dim
     return counter.get_total_flops() + 3 * (predictors + scores)
 
 
 def bf16_loss_difference(model: CPCEncoder, criterion: CPCLoss, wave, negative_idx) -> float:
     """|loss_bf16 - loss_fp32| / loss_fp32 on one batch with the same weights and negatives."""
     with torch.no_grad():
-        fp32 = criterion(*reversed(model(wave)), negative_idx).loss
+        fp32 = criterion(*reversed(model.cpc_inputs(wave)), negative_idx).loss
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = criterion(*reversed(model(wave)), negative_idx).loss
+            bf16 = criterion(*reversed(model.cpc_inputs(wave)), negative_idx).loss
     return abs(float(bf16) - float(fp32)) / float(fp32)
 
 

@@ -5,15 +5,18 @@
 
 Each configuration runs the real command (``jtm pretrain`` in a subprocess, so imports, loader, logging,
 validation and checkpoints are all in) for ``--epochs`` whole epochs (optionally capped at ``--steps`` batches
-each), then the isolated step of ``benchmarks/cpc_step.py`` on the same model, with the allocator setting and
-precision that ``jtm pretrain`` uses (glibc-retain; bf16 where the CPU has it), in its own subprocess. Reported:
+each), bracketed by the isolated step of ``benchmarks/cpc_step.py`` on the same model before and after, with the
+allocator setting and precision that ``jtm pretrain`` uses (glibc-retain; bf16 where the CPU has it), each in its
+own subprocess. Reported:
 
 - ``e2e_windows_per_s``: windows trained per wall second of ``trainer.fit`` (the run's own ``time/`` figures in
   ``metrics.json``, from :class:`jtm.training.callbacks.StepTimer`);
 - ``step_windows_per_s_in_run``: the same windows over the time spent inside the steps;
 - ``outside_step_s`` and ``outside_step_fraction``: loader, logging, validation and checkpoints;
 - ``command_s``: the whole command, start-up (imports) included;
-- ``isolated_windows_per_s`` and ``e2e_over_isolated`` (target: at least 0.9);
+- ``median_step_ms_in_run`` (the median step after the first two) and ``first_step_ms_in_run``;
+- ``isolated_windows_per_s`` (the mean of the two brackets, each given) and ``e2e_over_isolated`` (target: at
+  least 0.9); ``in_run_median_step_over_isolated`` compares the run's warm steps with the isolated ones;
 - ``peak_rss_mb`` of the pretraining process.
 """
 from __future__ import annotations
@@ -39,7 +42,7 @@ JTM = [sys.executable, "-m", "jtm.cli"]
 # Model flags of `jtm pretrain` for each configuration of benchmarks/cpc_step.py, plus the run's optimiser settings.
 PRETRAIN_FLAGS = {
     "demo": ["--encoder", "gabor", "--encoder-dim", "128", "--context", "gru", "--context-dim", "128",
-             "--norm", "batch", "--score", "cosine", "--lr", "2e-3"],
+             "--norm", "batch", "--score", "cosine", "--target", "frontend", "--lr", "2e-3"],
     "default": ["--encoder", "sinc", "--encoder-dim", "512", "--context", "transformer", "--context-dim", "512"],
     "tiny": ["--encoder", "conv", "--encoder-dim", "16", "--context", "gru", "--context-dim", "16",
              "--predict-steps", "3", "--negatives", "8"],
@@ -75,6 +78,8 @@ def run_command(config: str, store: Path, out: Path, epochs: int, steps: int | N
         "outside_step_fraction": round((fit - inside) / fit, 3),
         "e2e_windows_per_s": metrics["time/windows_per_second"],
         "step_windows_per_s_in_run": metrics["time/step_windows_per_second"],
+        "median_step_ms_in_run": round(metrics["time/median_step_seconds"] * 1000, 1),
+        "first_step_ms_in_run": round(metrics["time/first_step_seconds"] * 1000, 1),
         # children's ru_maxrss is the largest of any finished child: the pretraining run (cpc_step runs after)
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
@@ -82,19 +87,27 @@ def run_command(config: str, store: Path, out: Path, epochs: int, steps: int | N
 
 def run(config: str, store: Path, epochs: int = 2, steps: int | None = None, batch: int = 8, window: int = 20480,
         isolated_steps: int = 10) -> dict:
-    """One configuration: the command end to end, then the isolated step; the ratio of their rates."""
+    """One configuration: the isolated step, the command end to end, the isolated step again; the ratio of the
+    end-to-end rate to the mean of the two isolated rates (bracketing the run, so a machine whose speed drifts
+    shows up as a gap between the two rather than as a wrong ratio)."""
     precision = resolve_precision("auto", "cpu")
+    # benchmarks/cpc_step.py on the same model, with jtm pretrain's allocator setting and precision
+    flags = ["--steps", str(isolated_steps), "--no-naive", "--batch", str(batch), "--window", str(window),
+             "--malloc", "retain", "--precision", "bf16" if precision == "bf16-mixed" else "32"]
+    before = cpc_step.run_subprocess(config, flags)
     with tempfile.TemporaryDirectory(prefix="jtm-e2e-") as tmp:
         e2e = run_command(config, store, Path(tmp) / "run", epochs, steps, batch, window)
-    # benchmarks/cpc_step.py on the same model, with jtm pretrain's allocator setting and precision
-    isolated = cpc_step.run_subprocess(config, ["--steps", str(isolated_steps), "--no-naive", "--batch", str(batch),
-                                                "--window", str(window), "--malloc", "retain",
-                                                "--precision", "bf16" if precision == "bf16-mixed" else "32"])
+    after = cpc_step.run_subprocess(config, flags)
+    isolated = (before["windows_per_s"] + after["windows_per_s"]) / 2
+    isolated_ms = (before["ms_step_median"] + after["ms_step_median"]) / 2
     result = {"config": config, "batch": batch, "window": window, "epochs": epochs, "precision": precision, **e2e}
-    result["isolated_windows_per_s"] = isolated["windows_per_s"]
-    result["e2e_over_isolated"] = round(e2e["e2e_windows_per_s"] / isolated["windows_per_s"], 3)
-    result["in_run_step_over_isolated"] = round(e2e["step_windows_per_s_in_run"] / isolated["windows_per_s"], 3)
-    result["isolated_mfu"] = isolated["mfu"]
+    result["isolated_windows_per_s"] = round(isolated, 2)
+    result["isolated_windows_per_s_before_after"] = [before["windows_per_s"], after["windows_per_s"]]
+    result["e2e_over_isolated"] = round(e2e["e2e_windows_per_s"] / isolated, 3)
+    result["in_run_step_over_isolated"] = round(e2e["step_windows_per_s_in_run"] / isolated, 3)
+    # like with like: the median warm step in the run against the isolated median
+    result["in_run_median_step_over_isolated"] = round(isolated_ms / e2e["median_step_ms_in_run"], 3)
+    result["isolated_mfu"] = round((before["mfu"] + after["mfu"]) / 2, 3)
     result["load_average_1min"] = round(os.getloadavg()[0], 2)
     return result
 

@@ -82,6 +82,11 @@ def test_pretrain_e2e_tiny(tmp_path: Path):
     assert r["steps"] == 2 and r["fit_s"] >= r["step_s_in_run"] > 0
     assert r["outside_step_s"] == pytest.approx(r["fit_s"] - r["step_s_in_run"], abs=0.02)
     assert r["e2e_windows_per_s"] > 0 and r["isolated_windows_per_s"] > 0 and r["e2e_over_isolated"] > 0
+    # the isolated step brackets the run, and the ratio is taken against the mean of the two
+    before, after = r["isolated_windows_per_s_before_after"]
+    assert r["isolated_windows_per_s"] == pytest.approx((before + after) / 2, abs=0.01)
+    assert r["e2e_over_isolated"] == pytest.approx(r["e2e_windows_per_s"] / r["isolated_windows_per_s"], rel=0.01)
+    assert r["median_step_ms_in_run"] > 0 and r["in_run_median_step_over_isolated"] > 0
 
 
 def test_step_settings_tiny():

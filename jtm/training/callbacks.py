@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import lightning.pytorch as pl
+import numpy as np
 from torch.utils.data import DataLoader
 
 
@@ -66,12 +67,17 @@ class StepTimer(pl.Callback):
 
     A step is timed from ``on_train_batch_start`` to ``on_train_batch_end``: forward, loss, backward and the
     optimiser step. Everything else between ``on_fit_start`` and ``on_fit_end`` counts as outside the step.
+    The median step after the first ``warmup`` (``time/median_step_seconds``) is what an isolated benchmark of
+    the step measures; the first steps pay one-off costs (oneDNN kernels, first allocations) that a short run
+    cannot amortise.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, warmup: int = 2) -> None:
+        self.warmup = warmup
         self.steps = 0
         self.windows = 0
         self.step_seconds = 0.0
+        self.durations: list[float] = []
         self.fit_seconds = 0.0
         self._fit_start = self._step_start = 0.0
 
@@ -83,7 +89,9 @@ class StepTimer(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        self.step_seconds += time.perf_counter() - self._step_start
+        took = time.perf_counter() - self._step_start
+        self.step_seconds += took
+        self.durations.append(took)
         self.steps += 1
         audio = batch.get("audio") if isinstance(batch, dict) else None
         self.windows += int(audio.shape[0]) if audio is not None else 0
@@ -94,6 +102,8 @@ class StepTimer(pl.Callback):
     def summary(self) -> dict[str, float]:
         """Seconds in and around the steps of this start of the run (a resumed run counts only its own)."""
         outside = max(0.0, self.fit_seconds - self.step_seconds)
+        warm = self.durations[self.warmup:] or self.durations
+        median = float(np.median(warm)) if warm else 0.0
         return {
             "time/steps": float(self.steps),
             "time/fit_seconds": round(self.fit_seconds, 3),
@@ -101,4 +111,6 @@ class StepTimer(pl.Callback):
             "time/outside_step_seconds": round(outside, 3),
             "time/windows_per_second": round(self.windows / self.fit_seconds, 3) if self.fit_seconds else 0.0,
             "time/step_windows_per_second": round(self.windows / self.step_seconds, 3) if self.step_seconds else 0.0,
+            "time/median_step_seconds": round(median, 4),
+            "time/first_step_seconds": round(self.durations[0], 4) if self.durations else 0.0,
         }
