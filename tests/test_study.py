@@ -408,16 +408,21 @@ def test_study_arguments(tmp_path: Path) -> None:
         StudyConfig.from_dict({**base.to_dict(), "epochs": 3})
 
 
+def study_command(store: Store, out: Path, fractions: str, seeds: int, steps: int, eval_every: int) -> list[Any]:
+    """``jtm study`` arguments for a tiny logmel-linear transcription study of ``store``."""
+    return ["study", "--data", store.path, "--out", out, "--tasks", "transcription", "--fractions", fractions,
+            "--methods", "logmel-linear", "--seeds", str(seeds), "--steps", str(steps), "--eval-every",
+            str(eval_every), "--patience", "0", "--probe-lrs", "0.01", "--batch-size", "2", "--window", "2560",
+            "--val-fraction", "0.25", "--max-val-seconds", "2", "--threads", "1"]
+
+
 def test_the_study_command(prepared_store, tmp_path: Path) -> None:
     """``jtm study`` maps its options onto StudyConfig, runs, and prints the summary table with chance."""
     from tests.apply_helpers import run_cli
 
     store, _ = prepared_store
     out = tmp_path / "cli"
-    args = ["study", "--data", store.path, "--out", out, "--tasks", "transcription", "--fractions", "0.4,1",
-            "--methods", "logmel-linear", "--seeds", "2", "--steps", "6", "--eval-every", "3", "--patience", "0",
-            "--probe-lrs", "0.01", "--batch-size", "2", "--window", "2560", "--val-fraction", "0.25",
-            "--max-val-seconds", "2", "--threads", "1"]
+    args = study_command(store, out, "0.4,1", seeds=2, steps=6, eval_every=3)
     code, stdout, err = run_cli(args)
     assert code == 0, err
     saved = json.loads((out / "study.json").read_text())
@@ -464,10 +469,7 @@ def test_the_study_command_with_augment(prepared_store, tmp_path: Path) -> None:
 
     store, _ = prepared_store
     out = tmp_path / "cli"
-    args = ["study", "--data", store.path, "--out", out, "--tasks", "transcription", "--fractions", "1",
-            "--methods", "logmel-linear", "--seeds", "1", "--steps", "4", "--eval-every", "2", "--patience", "0",
-            "--probe-lrs", "0.01", "--batch-size", "2", "--window", "2560", "--val-fraction", "0.25",
-            "--max-val-seconds", "2", "--threads", "1"]
+    args = study_command(store, out, "1", seeds=1, steps=4, eval_every=2)
     code, _, err = run_cli([*args, "--augment", "eq", "--augment-db", "3"])
     assert code == 0, err
     saved = json.loads((out / "study.json").read_text())
