@@ -1,6 +1,6 @@
 """What `jtm pretrain` achieves end to end, against the isolated training step; one JSON line per configuration.
 
-    .venv/bin/python benchmarks/pretrain_e2e.py                       # demo and default configs, 4-min synth store
+    .venv/bin/python benchmarks/pretrain_e2e.py                       # demo and default configs, 20-min synth store
     .venv/bin/python benchmarks/pretrain_e2e.py --config demo --epochs 3 --store STORE
 
 Each configuration runs the real command (``jtm pretrain`` in a subprocess, so imports, loader, logging,
@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", choices=sorted(PRETRAIN_FLAGS), action="append",
                         help="repeatable; default: demo and default")
     parser.add_argument("--store", help="a prepared store (default: a fresh synth store of --minutes)")
-    parser.add_argument("--minutes", type=float, default=4.0)
+    # The demo's corpus size: epochs of 85 steps, as in `make demo`; on a 4-minute store (17 steps an epoch) the
+    # validation and checkpoint at each epoch's end weigh five times as much as in a real run.
+    parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, help="cap on training batches per epoch (default: whole epochs)")
     args = parser.parse_args(argv)
