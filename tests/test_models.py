@@ -42,6 +42,20 @@ def test_strided_conv_equals_conv1d(kernel, stride, padding, channels):
     torch.testing.assert_close(strided_conv(x, w, b, stride, padding), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,stride,padding,channels", [(4, 2, 1, 6), (8, 4, 2, 3), (10, 5, 3, 2), (3, 1, 1, 4)])
+def test_strided_conv_gradients_equal_conv1d(kernel, stride, padding, channels):
+    """The block formulation has its own backward (it writes the gradient of each kernel slot into one buffer):
+    its gradients must be conv1d's, in float64 to tell a wrong row from rounding."""
+    x = torch.randn(2, 97, channels, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, channels, kernel, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    out = strided_conv(x, w, b, stride, padding)
+    ref = F.conv1d(x.transpose(1, 2), w, b, stride, padding).transpose(1, 2)
+    grad = torch.randn_like(ref)
+    for ours, theirs in zip(torch.autograd.grad(out, (x, w, b), grad), torch.autograd.grad(ref, (x, w, b), grad)):
+        torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=1e-10)
+
+
 def test_sinc_filters_are_band_pass_and_learnable():
     sinc = SincConv(8, kernel=101, stride=5, sample_rate=16000)
     filters = sinc.filters()

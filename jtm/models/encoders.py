@@ -63,13 +63,36 @@ def strided_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, pa
         # weight[d, c, j * stride + i] -> w[j, d, i * C + c], matching the (time, channel) order of a block
         w = weight.view(out_channels, channels, m, stride).permute(2, 0, 3, 1).reshape(m * out_channels, -1)
         y = F.linear(blocks, w).view(batch, n_blocks, m, out_channels)
-        out = y[:, :frames, 0]
-        for j in range(1, m):
-            out = out + y[:, j : j + frames, j]
+        out = _ShiftedSum.apply(y, frames)
         return out if bias is None else out + bias
     # General case (here: one input channel, where im2col is small): overlapping windows, then one GEMM.
     windows = x.unfold(1, kernel, stride)  # (B, F, C, k), a view
     return F.linear(windows.reshape(batch, frames, channels * kernel), weight.reshape(out_channels, -1), bias)
+
+
+class _ShiftedSum(torch.autograd.Function):
+    """``sum_j y[:, j : j + frames, j]`` of y (B, n_blocks, m, D) -> (B, frames, D), with a backward that writes
+    each slot's gradient once into an uninitialised buffer and zeroes only the rows no output read. Autograd's
+    own backward of the m slices zero-fills m buffers the size of y and adds them up: at the reference default
+    config those fills were 4.5 % of the training step (torch.profiler)."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, frames: int) -> Tensor:
+        ctx.shape = y.shape
+        out = y[:, :frames, 0].clone()
+        for j in range(1, y.shape[2]):
+            out += y[:, j : j + frames, j]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        frames = grad.shape[1]
+        grad_y = grad.new_empty(ctx.shape)
+        for j in range(ctx.shape[2]):
+            grad_y[:, j : j + frames, j] = grad
+            grad_y[:, :j, j] = 0
+            grad_y[:, j + frames :, j] = 0
+        return grad_y, None
 
 
 class StridedConv(nn.Module):
