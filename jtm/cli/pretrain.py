@@ -11,6 +11,7 @@ from jtm.cli.app import app, choices, config_from_options, default_of, parse_dev
 from jtm.audio import HOP, SAMPLE_RATE
 from jtm.configs import DEFAULT_WINDOW
 from jtm.data.samplers import SAMPLINGS
+from jtm.data.views import VIEWS
 from jtm.models.config import CONTEXTS, ENCODERS, GABOR_MIN_KERNEL, NEGATIVE_SOURCES, NORMS, SCORES, TARGETS, CPCConfig
 from jtm.training.config import PretrainConfig
 
@@ -21,6 +22,7 @@ NegativesFrom = choices("NegativesFrom", NEGATIVE_SOURCES)
 Score = choices("Score", SCORES)
 Target = choices("Target", TARGETS)
 Sampling = choices("Sampling", SAMPLINGS)
+Views = choices("Views", VIEWS)
 
 
 def _model(name: str, enum=None):
@@ -74,6 +76,9 @@ def pretrain(
                                       "negatives, come from (samesequence: one recording per batch)."),
     labels_by: Optional[str] = typer.Option(_run("labels_by"), help="Metadata column for samecategory (ensemble, "
                                             "composer, ...)."),
+    views: Views = typer.Option(_run("views", Views), help="Where the targets come from: same (the window "
+                                "itself) or renderings (the same samples of another rendering of the piece, from "
+                                "jtm data synth --renderings; needs --target frontend): multi-view CPC."),
     reverse: bool = typer.Option(_model("reverse"), help="Reverse mode: predict the past instead of the future."),
     dropout: float = typer.Option(_model("dropout"), help="Dropout in the context network."),
     window: int = typer.Option(_run("window"), help=f"Window length in samples at 16 kHz ({DEFAULT_WINDOW} = "

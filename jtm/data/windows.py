@@ -16,6 +16,7 @@ from jtm.data.instruments import N_PITCHES
 from jtm.data.samplers import SAMPLINGS, EpochPlan, plan_epoch, shard_batches
 from jtm.data.store import Store
 from jtm.data.subsets import holdout_split
+from jtm.data.views import RenderingViews
 from jtm.errors import DataError
 
 _BYTES_PER_SAMPLE = 2  # int16
@@ -48,7 +49,8 @@ class WindowBatches(IterableDataset):
     store track indices, ``start`` int64 (B,) window starts in samples; with ``labels='transcription'``
     ``frames`` float32 (B, window // 160, 128), with ``'pitch-instrument'`` ``frames`` float32
     (B, window // 160, 11 * 128) (instrument-major), with ``'category:<column>'`` ``category`` int64 (B,)
-    (codes into :attr:`category_names`).
+    (codes into :attr:`category_names`); with ``views`` (:class:`jtm.data.views.RenderingViews`) ``view`` float32
+    (B, window), the same samples of another rendering of the piece.
 
     Windows of a track start at ``offset + i * window`` for ``i in range((length - offset) // window)``;
     ``offset`` is drawn in ``[0, window)`` per track and epoch when ``random_offset`` (else 0).
@@ -81,6 +83,7 @@ class WindowBatches(IterableDataset):
         labels: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        views: RenderingViews | None = None,
     ) -> None:
         super().__init__()
         if sampling not in SAMPLINGS:
@@ -101,6 +104,7 @@ class WindowBatches(IterableDataset):
         self.drop_last = bool(drop_last)
         self.labels = labels
         self.rank, self.world_size = _rank_and_world(rank, world_size)
+        self.views = views
         self._lengths = store.lengths[self.track_indices]
         self._sampling_categories: np.ndarray | None = None
         if sampling == "samecategory":
@@ -229,6 +233,8 @@ class WindowBatches(IterableDataset):
         audio *= np.float32(1.0 / 32768.0)
         tracks = self.track_indices[pos]
         out = {"audio": audio, "track": tracks.astype(np.int64), "start": start.astype(np.int64)}
+        if self.views is not None:
+            out["view"] = self.views.batch(tracks, start, w, self.epoch)
         n_frames = w // HOP
         if self.labels == "transcription":
             out["frames"] = batch_piano_roll(self.store, tracks, start, n_frames, dtype=np.float32)

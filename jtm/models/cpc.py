@@ -79,9 +79,13 @@ class CPCEncoder(nn.Module):
         z, c = self(wave)
         return torch.cat([z, c], dim=-1) if layer == "both" else c
 
-    def cpc_inputs(self, wave: Tensor) -> tuple[Tensor, Tensor]:
+    def cpc_inputs(self, wave: Tensor, target_wave: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """wave (B, T) -> (targets (B, F, config.target_dim), c (B, F, context_dim)): what :class:`CPCLoss`
         scores, the frames c must tell apart, and the contexts that predict them.
+
+        ``target_wave`` (B, T), with ``target='frontend'`` only: take the targets from this other view of the same
+        windows (another rendering of the same moment, :mod:`jtm.data.views`) while c reads ``wave``; what c can
+        predict of another view is what the two share, the notes rather than the timbre.
 
         ``target='z'`` (CPC) returns z. ``target='frontend'`` returns the gabor encoder's log filterbank frames,
         standardised per filter over the batch and detached. Why: a learned target moves towards whatever is
@@ -90,9 +94,18 @@ class CPCEncoder(nn.Module):
         or slowly moving targets do in HuBERT and data2vec.
         """
         if self.config.target == "z":
+            if target_wave is not None:
+                raise ValueError("a second view's targets need target='frontend' (a learned z target of another "
+                                 "view has nothing to anchor it)")
             return self(wave)
         spectrum = self.encoder.spectrum(wave)
         c, _ = self.contextualise(self.encoder.layers(spectrum))
+        if target_wave is not None:
+            if target_wave.shape != wave.shape:
+                raise ValueError(f"target_wave must have wave's shape {tuple(wave.shape)}, "
+                                 f"got {tuple(target_wave.shape)}")
+            with torch.no_grad():
+                spectrum = self.encoder.spectrum(target_wave)
         target = spectrum.detach()
         mean, std = target.mean(dim=(0, 1), keepdim=True), target.std(dim=(0, 1), keepdim=True)
         return (target - mean) / (std + 1e-5), c

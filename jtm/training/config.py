@@ -73,6 +73,10 @@ class PretrainConfig(_RunConfig):
     """Where a batch's windows, hence the negatives, come from. One recording per batch (CPC_audio's samesequence)
     by default: negatives from other pieces can be told apart by timbre alone, same-piece ones need finer features."""
     labels_by: str | None = None
+    views: str = "same"
+    """``same``: CPC's targets come from the window itself. ``renderings``: from the same samples of another
+    rendering of the piece (:mod:`jtm.data.views`; needs a corpus rendered more than once and
+    ``model.target='frontend'``), so c must predict what the renderings share."""
     max_memory_gb: float | None = None
     val_fraction: float = bounded(VAL_FRACTION, 0.0, 1.0)
     random_offset: bool = True

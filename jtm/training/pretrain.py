@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from jtm.allocator import retain_freed_memory
 from jtm.data.store import Store
+from jtm.data.views import VIEWS, RenderingViews
 from jtm.data.windows import WindowBatches, split_tracks
 from jtm.errors import JTMError
 from jtm.fileio import disk_full_errors, folder_lock, load_json, write_json_atomic
@@ -54,7 +55,7 @@ class CPCPretrainModule(KeepsRNGState, pl.LightningModule):
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str, step: int) -> torch.Tensor:
         audio = batch["audio"]
-        z, c = self.encoder.cpc_inputs(audio)  # z: the targets (config.target)
+        z, c = self.encoder.cpc_inputs(audio, batch.get("view"))  # z: the targets (config.target, --views)
         batch_size, frames, _ = z.shape
         positions = frames - self.config.predict_steps
         if positions <= 0:
@@ -149,6 +150,10 @@ class PretrainData(pl.LightningDataModule):
         self.cfg = cfg
         self.store = Store.open(cfg.data)
         self.train_idx, self.val_idx = split_tracks(self.store, "train", cfg.val_fraction, cfg.seed)
+        if cfg.views not in VIEWS:
+            raise JTMError(f"views must be one of {', '.join(VIEWS)}, not {cfg.views!r}")
+        if cfg.views == "renderings" and cfg.model.target != "frontend":
+            raise JTMError("--views renderings needs --target frontend: the targets come from another rendering")
         # Checked now (throwaway single-process loaders), so a bad --labels-by or budget fails before any set-up.
         self._windows(self.train_idx, train=True, rank=0, world_size=1)
         if len(self.val_idx):
@@ -165,6 +170,8 @@ class PretrainData(pl.LightningDataModule):
             sampling=cfg.sampling if train else ("sequential" if cfg.sampling == "sequential" else "uniform"),
             labels_by=cfg.labels_by, max_memory_bytes=budget, seed=cfg.seed if train else cfg.seed + 10_000,
             random_offset=cfg.random_offset and train, drop_last=True, rank=rank, world_size=world_size,
+            # Views come from the same split: a validation piece's other renderings are validation recordings.
+            views=RenderingViews(self.store, tracks) if cfg.views == "renderings" else None,
         )
 
     def setup(self, stage: str | None = None) -> None:
