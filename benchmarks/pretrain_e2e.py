@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -68,7 +67,13 @@ def run_command(config: str, store: Path, out: Path, epochs: int, steps: int | N
     if steps:
         cmd += ["--limit-train-batches", str(steps)]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    # wait4 gives this child's own resource usage: RUSAGE_CHILDREN is the largest of every child so far, which
+    # includes the isolated-step runs before this one and the other configurations' runs
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
     command_s = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
     fit, inside = metrics["time/fit_seconds"], metrics["time/step_seconds"]
@@ -80,8 +85,7 @@ def run_command(config: str, store: Path, out: Path, epochs: int, steps: int | N
         "step_windows_per_s_in_run": metrics["time/step_windows_per_second"],
         "median_step_ms_in_run": round(metrics["time/median_step_seconds"] * 1000, 1),
         "first_step_ms_in_run": round(metrics["time/first_step_seconds"] * 1000, 1),
-        # children's ru_maxrss is the largest of any finished child: the pretraining run (cpc_step runs after)
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
     }
 
 
