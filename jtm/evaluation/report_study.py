@@ -185,9 +185,9 @@ def comparison_tables(results: pd.DataFrame) -> str:
 def _difference_cell(row: pd.Series | None) -> str:
     if row is None:
         return "<td></td>"
-    text = (f"{row['mean']:+.3f} [{row['ci95_low']:+.3f}, {row['ci95_high']:+.3f}] "
-            f"{int(row['wins'])}/{int(row['n_seeds'])}")
-    return f'<td class="num">{esc(text)}</td>'
+    from jtm.evaluation.stats import format_difference
+
+    return f'<td class="num">{esc(format_difference(row))}</td>'
 
 
 NOTE_COLUMNS = (("frame_f1", "frame F1"), ("note_f1", "note F1"), ("note_offset_f1", "note F1 with offsets"))

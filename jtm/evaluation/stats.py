@@ -8,7 +8,8 @@ n = 3), which is the honest width; a normal quantile would understate it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -167,3 +168,9 @@ def paired_differences(results: pd.DataFrame, pairs: Sequence[tuple[str, str]], 
                          "n_seeds": s["n"], "mean": s["mean"], "ci95_low": s["ci95_low"],
                          "ci95_high": s["ci95_high"], "wins": int((diff > 0).sum())})
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+
+
+def format_difference(row: pd.Series | Mapping[str, Any]) -> str:
+    """A comparisons.csv row as ``+0.073 [+0.010, +0.136] 3/3``: mean difference, its interval, seeds won."""
+    return (f"{row['mean']:+.3f} [{row['ci95_low']:+.3f}, {row['ci95_high']:+.3f}] "
+            f"{int(row['wins'])}/{int(row['n_seeds'])}")

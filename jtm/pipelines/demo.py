@@ -370,7 +370,7 @@ def comparisons_table(results_csv: Path) -> str:
     the study has no CPC arm with a baseline beside it."""
     import pandas as pd
 
-    from jtm.evaluation.stats import comparison_pairs, paired_differences
+    from jtm.evaluation.stats import comparison_pairs, format_difference, paired_differences
 
     df = pd.read_csv(results_csv)
     pairs = [(m, b) for m, b in comparison_pairs(df["method"].unique())
@@ -389,9 +389,7 @@ def comparisons_table(results_csv: Path) -> str:
                 if row.empty:
                     cells.append(f"{'n/a':>30}")
                     continue
-                r = row.iloc[0]
-                cells.append(f"{r['mean']:+.3f} [{r['ci95_low']:+.3f}, {r['ci95_high']:+.3f}] "
-                             f"{int(r['wins'])}/{int(r['n_seeds'])}".rjust(30))
+                cells.append(format_difference(row.iloc[0]).rjust(30))
             lines.append("  " + f"{method} - {baseline}".ljust(30) + "".join(cells))
         lines.append("")
     return "\n".join(lines).rstrip()
