@@ -74,7 +74,6 @@ class StepTimer(pl.Callback):
 
     def __init__(self, warmup: int = 2) -> None:
         self.warmup = warmup
-        self.steps = 0
         self.windows = 0
         self.step_seconds = 0.0
         self.durations: list[float] = []
@@ -92,7 +91,6 @@ class StepTimer(pl.Callback):
         took = time.perf_counter() - self._step_start
         self.step_seconds += took
         self.durations.append(took)
-        self.steps += 1
         audio = batch.get("audio") if isinstance(batch, dict) else None
         self.windows += int(audio.shape[0]) if audio is not None else 0
 
@@ -105,7 +103,7 @@ class StepTimer(pl.Callback):
         warm = self.durations[self.warmup:] or self.durations
         median = float(np.median(warm)) if warm else 0.0
         return {
-            "time/steps": float(self.steps),
+            "time/steps": float(len(self.durations)),
             "time/fit_seconds": round(self.fit_seconds, 3),
             "time/step_seconds": round(self.step_seconds, 3),
             "time/outside_step_seconds": round(outside, 3),
