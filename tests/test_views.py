@@ -27,9 +27,9 @@ GABOR = dict(encoder="gabor", gabor_filters=48, gabor_kernel=1025, encoder_dim=3
 
 @pytest.fixture(scope="module")
 def rendered_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    """Every piece rendered twice (rendering r of piece p has id p + 10000 r), prepared at 16 kHz."""
+    """Every piece rendered three times (rendering r of piece p has id p + 10000 r), prepared at 16 kHz."""
     base = tmp_path_factory.mktemp("views")
-    build_corpus(base / "corpus", minutes=0.6, max_seconds=8, test_fraction=0.2, seed=3, renderings=2,
+    build_corpus(base / "corpus", minutes=0.6, max_seconds=8, test_fraction=0.2, seed=3, renderings=3,
                  progress=False)
     prepare_store(base / "corpus", base / "store", workers=1, progress=False)
     return Store.open(base / "store")
@@ -44,7 +44,7 @@ def test_a_view_is_the_same_moment_of_another_rendering(rendered_store: Store) -
     train = store.indices("train")
     views = RenderingViews(store, train)
     for track, partners in views.partners.items():
-        assert list(partners) and track not in partners  # each piece was rendered twice, both in train
+        assert len(partners) == 2 and track not in partners  # each piece was rendered 3 times, all in train
         assert set(_piece(store, partners)) == {_piece(store, np.asarray([track]))[0]}
     windows = WindowBatches(store, train, window=4800, batch_size=4, sampling="uniform", seed=0, views=views,
                             rank=0, world_size=1)
@@ -62,6 +62,24 @@ def test_a_view_is_the_same_moment_of_another_rendering(rendered_store: Store) -
             partners = np.asarray([views.partner(t, s, epoch) for t, s in zip(batch["track"], batch["start"])])
             np.testing.assert_array_equal(batch_piano_roll(store, batch["track"], batch["start"], 30),
                                           batch_piano_roll(store, partners, batch["start"], 30))
+
+
+def test_partners_are_drawn_per_window_not_per_track(rendered_store: Store) -> None:
+    # An epoch lays a track's windows on a grid; a batch should still mix both partner renderings of a track,
+    # within one epoch, rather than pair each track with one partner until the next epoch.
+    store = rendered_store
+    train = store.indices("train")
+    views = RenderingViews(store, train)
+    windows = WindowBatches(store, train, window=1600, batch_size=4, sampling="uniform", seed=0, views=views,
+                            rank=0, world_size=1)
+    for epoch in (0, 1):
+        windows.set_epoch(epoch)
+        seen: dict[int, set[int]] = {}
+        for batch in windows:
+            for t, s in zip(batch["track"].tolist(), batch["start"].tolist()):
+                seen.setdefault(t, set()).add(views.partner(t, s, epoch))
+        assert all(partners == set(views.partners[t].tolist()) for t, partners in seen.items())
+        assert views.partner(int(train[0]), 0, epoch) == views.partner(int(train[0]), 0, epoch)  # deterministic
 
 
 def test_targets_come_from_the_view_and_contexts_from_the_window() -> None:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jtm.audio import HOP
 from jtm.errors import DataError
 
 if TYPE_CHECKING:  # the CLI imports VIEWS without the store's dependencies
@@ -47,9 +46,14 @@ class RenderingViews:
 
     def partner(self, track: int, start: int, epoch: int) -> int:
         """The rendering that gives ``track``'s window at ``start`` its view in ``epoch``: deterministic (so a
-        resumed run reads the same views) and varied over windows and epochs."""
+        resumed run reads the same views) and drawn independently for every window and epoch.
+
+        Why a hash rather than ``(start // HOP + epoch) % n``: an epoch lays a track's windows on a grid
+        (``start = offset + k * window``), so any rule linear in ``start`` gives every window of a track the same
+        partner in an epoch, and a batch then sees one pairing of timbres per track instead of a mix.
+        """
         options = self.partners[int(track)]
-        return int(options[(int(start) // HOP + int(epoch)) % len(options)])
+        return int(options[_mix(int(track), int(start), int(epoch)) % len(options)])
 
     def batch(self, tracks: np.ndarray, starts: np.ndarray, window: int, epoch: int) -> np.ndarray:
         """float32 (B, window) in [-1, 1): for each (track, start), samples [start, start + window) of a partner
@@ -60,3 +64,16 @@ class RenderingViews:
             out[b, :len(samples)] = samples
         out *= np.float32(1.0 / 32768.0)
         return out
+
+
+_MASK = (1 << 64) - 1
+
+
+def _mix(*values: int) -> int:
+    """A 64-bit hash of non-negative integers (splitmix64 finaliser): neighbouring inputs give unrelated outputs."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v & _MASK)) * 0xBF58476D1CE4E5B9 & _MASK
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK
+        h ^= h >> 29
+    return h
