@@ -392,7 +392,8 @@ def test_study_arguments(tmp_path: Path) -> None:
     assert parse_list("0.01, 0.1,1.0", float) == [0.01, 0.1, 1.0]
     assert fraction_dir(0.01) == "f0.01" and fraction_dir(1) == "f1.0"
     assert set(METHODS) == {"random-linear", "logmel-linear", "logmel-mlp", "cqt-linear", "cpc-linear", "cpc-mlp",
-                            "cpc-finetune", "supervised", "random-note", "logmel-note", "cpc-note", "cqt-note"}
+                            "cpc-finetune", "supervised", "random-note", "logmel-note", "cpc-note", "cqt-note",
+                            "cqt-harmonic"}
     base = StudyConfig(data="nowhere", out=str(tmp_path / "s"))
     with pytest.raises(JTMError, match="pretrained"):
         run_study(replace(base, methods=("cpc-linear",)))
@@ -782,19 +783,31 @@ def test_the_cqt_arm_reads_the_untrained_log_spectrum_and_its_model_reproduces_t
                          fractions=(1.0,), seeds=1), log=lambda line: None)
 
 
-def test_the_cqt_note_arm_leaves_a_note_transcriber_on_the_log_spectrum(prepared_store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method,filters", [("cqt-note", 48), ("cqt-harmonic", 192)])
+def test_the_cqt_note_arms_leave_a_note_transcriber_on_the_log_spectrum(prepared_store, tmp_path: Path, method: str,
+                                                                       filters: int) -> None:
     from jtm.models.note_transcriber import NoteTranscriber
 
     store, _ = prepared_store
     torch.manual_seed(0)
-    gabor = CPCConfig(encoder="gabor", encoder_dim=16, context_dim=16, gabor_filters=48, gabor_kernel=1025)
+    gabor = CPCConfig(encoder="gabor", encoder_dim=16, context_dim=16, gabor_filters=filters, gabor_kernel=1025)
     CPCEncoder(gabor).save_pretrained(tmp_path / "pre" / "encoder")
-    cfg = config(store, tmp_path / "pre", tmp_path / "study", tasks=("notes",), methods=("cqt-note",),
+    cfg = config(store, tmp_path / "pre", tmp_path / "study", tasks=("notes",), methods=(method,),
                  fractions=(1.0,), seeds=1)
     df = run_study(cfg, log=lambda line: None)
-    assert list(df["method"]) == ["cqt-note"] and df["note_f1"].notna().all()
-    model = NoteTranscriber.from_pretrained(Path(cfg.out) / "notes" / "cqt-note" / fraction_dir(1.0) /
+    assert list(df["method"]) == [method] and df["note_f1"].notna().all()
+    model = NoteTranscriber.from_pretrained(Path(cfg.out) / "notes" / method / fraction_dir(1.0) /
                                             f"seed{cfg.seed}" / "model")
     audio = torch.from_numpy(store.audio(int(store.indices("test")[0])))[None]
     with torch.no_grad():
         torch.testing.assert_close(model.features(audio), CPCEncoder(gabor).eval().encoder.spectrum(audio))
+
+
+def test_the_harmonic_arm_refuses_a_spectrum_that_is_not_24_bins_an_octave(prepared_store, tmp_path: Path) -> None:
+    store, _ = prepared_store
+    gabor = CPCConfig(encoder="gabor", encoder_dim=16, context_dim=16, gabor_filters=48, gabor_kernel=1025)
+    CPCEncoder(gabor).save_pretrained(tmp_path / "pre" / "encoder")
+    cfg = config(store, tmp_path / "pre", tmp_path / "study", tasks=("notes",), methods=("cqt-harmonic",),
+                 fractions=(1.0,), seeds=1)
+    with pytest.raises(JTMError, match="192-bin constant-Q spectrum.*48 wide"):
+        run_study(cfg, log=lambda line: None)

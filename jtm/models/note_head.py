@@ -43,6 +43,19 @@ class NoteLogits(NamedTuple):
     frame: Tensor
 
 
+@torch.no_grad()
+def note_probabilities(head: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Eval-mode sigmoid probabilities (onset, frame), each (B, T, n_pitches), of a note head (any module that
+    returns :class:`NoteLogits`) for features x (B, T, in_dim); the head's train/eval mode is restored."""
+    was_training = head.training
+    head.eval()
+    try:
+        logits = head(x)
+    finally:
+        head.train(was_training)
+    return torch.sigmoid(logits.onset), torch.sigmoid(logits.frame)
+
+
 class _ConvContext(nn.Module):
     """Residual 1-D convolutions over time: (B, T, H) -> (B, T, H), same length (zero padding at the edges)."""
 
@@ -127,16 +140,7 @@ class NoteHead(nn.Module):
         frame_in = torch.cat([self.frame_context(h), torch.sigmoid(onset).detach()], dim=-1)
         return NoteLogits(onset, self.frame_out(frame_in))
 
-    @torch.no_grad()
-    def probabilities(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Eval-mode sigmoid probabilities (onset, frame), each (B, T, n_pitches), for features x (B, T, in_dim)."""
-        was_training = self.training
-        self.eval()
-        try:
-            logits = self(x)
-        finally:
-            self.train(was_training)
-        return torch.sigmoid(logits.onset), torch.sigmoid(logits.frame)
+    probabilities = note_probabilities
 
     @torch.no_grad()
     def fold_standardisation(self, mean: Tensor, std: Tensor) -> "NoteHead":

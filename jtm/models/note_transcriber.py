@@ -1,5 +1,6 @@
-"""A note transcriber a user can pick up: a front end, a :class:`~jtm.models.note_head.NoteHead` on its raw
-features, and the note-decoding thresholds chosen on validation, in one model folder.
+"""A note transcriber a user can pick up: a front end, a note head (:class:`~jtm.models.note_head.NoteHead`, or
+:class:`~jtm.models.harmonic_head.HarmonicNoteHead` on the constant-Q spectrum) on its raw features, and the
+note-decoding thresholds chosen on validation, in one model folder.
 
 ``NoteTranscriber.probabilities(wave (B, T)) -> (onset, frame)``, each (B, T // 160, 128), in one pass;
 :meth:`NoteTranscriber.stream` gives the same probabilities of a recording of any length chunk by chunk, in
@@ -18,7 +19,7 @@ The study's notes cells write this folder (``CELL/model``); :meth:`from_pretrain
 checked and every size bounded before anything is allocated; weights with safetensors, never pickle):
 ``model.safetensors`` (keys ``frontend.*``, ``head.*``) and ``config.json`` = ``{"format":
 "jtm-note-transcriber", "version": 1, "config": {"task": "notes", "frontend": {"kind": "cpc"|"logmel",
-"config": {...}}, "features": "context"|"encoder"|"both"|"spectrum", "head": {NoteHead options}, "thresholds": {"onset",
+"config": {...}}, "features": "context"|"encoder"|"both"|"spectrum", "head": {"kind": "frames"|"harmonic", head options}, "thresholds": {"onset",
 "sustain", "frame"}}}``. The front end is the pretrained or random CPC encoder (weights included) or the log-mel
 spectrogram (no weights, never normalised: the study's standardisation is folded into the head's first layer).
 """
@@ -41,6 +42,7 @@ from jtm.models.config import FEATURE_LAYERS
 from jtm.models.downstream import FRONTENDS, FrontendSpec, feature_dim
 from jtm.models.inference import Chunking, FramesFn, StepFn, frames_in, run_chunked, run_with_context
 from jtm.models.logmel import LogMel
+from jtm.models.harmonic_head import MAX_CHANNELS, HarmonicNoteHead
 from jtm.models.note_head import MAX_KERNEL, MAX_LAYERS, NoteHead
 from jtm.models.pretrained import (CONFIG_NAME, WEIGHTS_NAME, load_weights_into, read_config_json,
                                    read_pretrained_config, read_pretrained_weights, save_pretrained_files)
@@ -71,18 +73,39 @@ class NoteThresholds:
 
 @dataclass
 class NoteHeadSpec:
-    """The ``head`` object of ``config.json``: :class:`NoteHead`'s options, bounded like every config."""
+    """The ``head`` object of ``config.json``: the head's ``kind`` (``frames``: :class:`NoteHead`, the default;
+    ``harmonic``: :class:`HarmonicNoteHead`) and its options, bounded like every config. Options of the other
+    kind keep their defaults and are not used."""
 
     in_dim: int = bounded(MISSING, 1, 2 * MAX_WIDTH)
     n_pitches: int = bounded(128, 1, MAX_OUTPUTS)
+    kind: str = "frames"
     hidden: int = bounded(128, 2, MAX_WIDTH)
     context: str = "conv"
     layers: int = bounded(2, 1, MAX_LAYERS)
     kernel: int = bounded(5, 1, MAX_KERNEL)
+    channels: int = bounded(16, 1, MAX_CHANNELS)
     dropout: float = bounded(0.1, 0.0, 0.99)
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        if self.kind not in NOTE_HEADS:
+            raise ValueError(f"head kind must be one of {', '.join(NOTE_HEADS)}, got {self.kind!r}")
+
+
+NOTE_HEADS = ("frames", "harmonic")
+
+
+def build_note_head(kind: str = "frames", **options: Any) -> NoteHead | HarmonicNoteHead:
+    """A note head of ``kind`` (see :class:`NoteHeadSpec`) from its options; options of the other kind are
+    ignored, so a :class:`NoteHeadSpec` as a dict builds either."""
+    if kind == "harmonic":
+        names = ("in_dim", "n_pitches", "channels", "dropout")
+        return HarmonicNoteHead(**{k: v for k, v in options.items() if k in names})
+    if kind == "frames":
+        names = ("in_dim", "n_pitches", "hidden", "context", "layers", "kernel", "dropout")
+        return NoteHead(**{k: v for k, v in options.items() if k in names})
+    raise ValueError(f"head kind must be one of {', '.join(NOTE_HEADS)}, got {kind!r}")
 
 
 @dataclass
@@ -97,9 +120,10 @@ class NoteTranscriberFile:
 
 
 class NoteTranscriber(nn.Module):
-    """Front end -> raw frame features -> :class:`NoteHead` -> onset and frame probabilities per pitch."""
+    """Front end -> raw frame features -> note head (:class:`NoteHead` or :class:`HarmonicNoteHead`) -> onset and
+    frame probabilities per pitch."""
 
-    def __init__(self, frontend: CPCEncoder | LogMel, head: NoteHead, features: str = "context",
+    def __init__(self, frontend: CPCEncoder | LogMel, head: NoteHead | HarmonicNoteHead, features: str = "context",
                  thresholds: NoteThresholds | None = None) -> None:
         super().__init__()
         if isinstance(frontend, LogMel):
@@ -209,7 +233,7 @@ class NoteTranscriber(nn.Module):
                 raise ValueError(f"unknown front end kind {spec.frontend.kind!r} (cpc or logmel)")
             front_config = FRONTENDS[spec.frontend.kind].from_dict(spec.frontend.config, source)
             frontend = CPCEncoder(front_config) if spec.frontend.kind == "cpc" else LogMel(front_config)
-            model = cls(frontend, NoteHead(**dataclasses.asdict(spec.head)), spec.features, spec.thresholds)
+            model = cls(frontend, build_note_head(**dataclasses.asdict(spec.head)), spec.features, spec.thresholds)
         except (KeyError, TypeError, ValueError) as e:  # a ConfigError names the file and the key already
             raise ModelFileError(str(e) if str(source) in str(e) else f"{source}: {e}") from None
         load_weights_into(model, read_pretrained_weights(directory), directory / WEIGHTS_NAME)

@@ -31,9 +31,9 @@ from jtm.data.windows import WindowBatches
 from jtm.errors import JTMError
 from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import DownstreamModel, window_starts
+from jtm.models.harmonic_head import SPECTRUM_BINS
 from jtm.models.logmel import LogMel
-from jtm.models.note_head import NoteHead
-from jtm.models.note_transcriber import NoteTranscriber
+from jtm.models.note_transcriber import NoteTranscriber, build_note_head
 from jtm.models.probes import build_probe
 from jtm.pipelines.features import FeatureCache
 
@@ -203,6 +203,10 @@ def _fold_standardisation(model: nn.Module, mean: np.ndarray, std: np.ndarray) -
 NOTE_HEAD = {"hidden": 128, "context": "conv", "layers": 2, "kernel": 5, "dropout": 0.1}
 """The note head the study trains (``jtm.models.note_head.NoteHead`` options): two residual convolutions of 5
 frames per branch, so each frame sees 40 ms on each side."""
+HARMONIC_HEAD = {"kind": "harmonic", "channels": 16, "dropout": 0.1}
+"""The pitch-equivariant note head of the cqt-harmonic arm (``jtm.models.harmonic_head.HarmonicNoteHead``)."""
+NOTE_HEADS = {"frames": NOTE_HEAD, "harmonic": HARMONIC_HEAD}
+"""The study's options of each kind of note head (``Method.head``)."""
 ONSET_WIDTH = 3
 """Onset targets mark each note's first 3 frames (30 ms; :func:`jtm.data.labels.onset_roll`)."""
 ONSET_MAX_POS_WEIGHT = 10.0
@@ -212,8 +216,8 @@ grid, and note F1 was lower); with no weight they all stay low."""
 
 
 class FrozenNoteHead(FrozenProbe):
-    """A :class:`NoteHead` (onset and frame logits with temporal context) on cached standardised features of a
-    frozen front end: the same features, crops, batches and budget as :class:`FrozenProbe`, with an onset target
+    """A note head (onset and frame logits with temporal context: :class:`NoteHead`, or :class:`HarmonicNoteHead`
+    with ``options["kind"] == "harmonic"``) on cached standardised features of a frozen front end: the same features, crops, batches and budget as :class:`FrozenProbe`, with an onset target
     next to the frame target.
 
     Targets are (B, W, 256) crops: the piano roll in ``[..., :128]``, the onset roll (each note's first
@@ -225,6 +229,10 @@ class FrozenNoteHead(FrozenProbe):
                  options: dict[str, Any] | None = None, eq: EQConfig | None = None) -> None:
         super().__init__(view, cache, "note", hidden=0, dropout=0.0, max_stat_frames=max_stat_frames, eq=eq)
         self.options = dict(NOTE_HEAD if options is None else options)
+        if self.options.get("kind") == "harmonic" and len(self.mean) != SPECTRUM_BINS:
+            raise JTMError(f"the harmonic note head reads the {SPECTRUM_BINS}-bin constant-Q spectrum (a gabor encoder "
+                           f"with --gabor-filters {SPECTRUM_BINS}, the default); these {cache.layer!r} features are "
+                           f"{len(self.mean)} wide")
         onsets = [self._roll(int(t))[:, 128:] for t in self.train_tracks]
         n_pos = sum(int(o.sum()) for o in onsets)
         self.onset_pos_weight = pos_weight_from_counts(n_pos, sum(o.size for o in onsets), ONSET_MAX_POS_WEIGHT)
@@ -243,7 +251,7 @@ class FrozenNoteHead(FrozenProbe):
 
     def build(self, seed: int, lr: float) -> tuple[nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(seed)
-        model = NoteHead(len(self.mean), 128, **self.options)
+        model = build_note_head(in_dim=len(self.mean), n_pitches=128, **self.options)
         return model, torch.optim.Adam(model.parameters(), lr=lr)
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:

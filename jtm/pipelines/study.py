@@ -32,6 +32,8 @@ Arms (``METHODS``); the random and from-scratch arms copy the pretrained encoder
     random-note, logmel-note, cqt-note, cpc-note
                     a note head (:class:`jtm.models.note_head.NoteHead`: onset and frame outputs, 1-D convolutions
                     over frames) on the frozen features of that front end
+    cqt-harmonic    the pitch-equivariant note head (:class:`jtm.models.harmonic_head.HarmonicNoteHead`: harmonic
+                    stacking, 2-D convolutions shared by every pitch) on the constant-Q log spectrum
 
 The **notes** task (``--tasks notes``) is transcription read as notes: trained on the same labels (plus each
 note's onset frame for note heads), scored on test by frame F1 (mir_eval.multipitch), note F1 onset-only and
@@ -76,7 +78,7 @@ from jtm.models.cpc import CPCEncoder
 from jtm.models.downstream import load_frontend_source
 from jtm.models.logmel import LogMel
 from jtm.models.note_transcriber import NoteThresholds, NoteTranscriber
-from jtm.pipelines.arms import (NOTE_HEAD, ONSET_MAX_POS_WEIGHT, ONSET_WIDTH, EndToEnd, FrozenNoteHead, FrozenProbe,
+from jtm.pipelines.arms import (NOTE_HEADS, ONSET_MAX_POS_WEIGHT, ONSET_WIDTH, EndToEnd, FrozenNoteHead, FrozenProbe,
                                 TaskView, frame_limit)
 from jtm.pipelines.evaluate import (NOTE_HEADLINE, headline_metric, json_safe, pool_recordings, score_classification,
                                     score_frames, score_notes, split_heldout_timbre, track_labels)
@@ -188,7 +190,7 @@ def run_cell(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, fract
     if spec.trains_encoder:
         arm: Any = EndToEnd(view, fronts.encoder("pretrained" if spec.finetune else "random"), spec.finetune)
     elif spec.probe == "note":
-        arm = FrozenNoteHead(view, fronts.cache(spec.encoder), options=NOTE_HEAD, eq=cfg.eq)
+        arm = FrozenNoteHead(view, fronts.cache(spec.encoder), options=NOTE_HEADS[spec.head], eq=cfg.eq)
     else:
         arm = FrozenProbe(view, fronts.cache(spec.encoder), spec.probe, cfg.hidden, cfg.dropout, eq=cfg.eq)
     lrs = [lr_choice] if lr_choice is not None else list(cfg.encoder_lrs if spec.trains_encoder else cfg.probe_lrs)
@@ -458,7 +460,8 @@ def _cell_result(cfg: StudyConfig, fronts: _Frontends, task: str, method: str, f
     """The cell's result: reused when finished with the same configuration, else computed and saved."""
     config = cfg.cell_config(task, method, fraction, repeat)
     if METHODS[method].probe == "note":
-        config["note_head"] = {**NOTE_HEAD, "onset_width": ONSET_WIDTH, "onset_max_pos_weight": ONSET_MAX_POS_WEIGHT,
+        config["note_head"] = {**NOTE_HEADS[METHODS[method].head], "onset_width": ONSET_WIDTH,
+                               "onset_max_pos_weight": ONSET_MAX_POS_WEIGHT,
                                "decoding": "onset threshold by note F1, frame threshold by note F1 with offsets"}
     path = cell / "cell.json"
     if path.is_file():

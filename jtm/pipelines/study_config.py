@@ -22,6 +22,7 @@ class Method:
                   # 'supervised'
     probe: str
     finetune: bool = False
+    head: str = "frames"  # note arms: 'frames' (NoteHead) or 'harmonic' (HarmonicNoteHead, the cqt spectrum only)
 
     @property
     def trains_encoder(self) -> bool:
@@ -54,6 +55,7 @@ METHODS: dict[str, Method] = {
     "logmel-note": Method("logmel", "note"),
     "cpc-note": Method("pretrained", "note"),
     "cqt-note": Method("cqt", "note"),
+    "cqt-harmonic": Method("cqt", "note", head="harmonic"),
 }
 
 
