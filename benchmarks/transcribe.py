@@ -18,10 +18,11 @@ on this audio (about 4 of 128 pitches on per frame, ~17 notes/s: a realistic loa
 writing, like a trained model with a tuned threshold); ``threshold-0.5`` keeps 0.5 (far fewer notes here).
 
 Configurations: ``default`` (the pipeline's defaults, torch's default thread count), ``threads-1`` (one torch thread),
-``threshold-0.5``, ``chunks-10s``; and two note transcribers (``jtm.models.note_transcriber.NoteTranscriber``, as a
-study's notes cell leaves it: the study's note head, ``jtm.pipelines.arms.NOTE_HEAD``, random weights, on raw front-end
-features), decoded from onsets by the pipeline's default streaming (10 s front-end chunks): ``note-cpc`` on the demo's
-CPC context features and ``note-logmel`` on the log-mel spectrogram. Their onset threshold is calibrated so that
+``threshold-0.5``, ``chunks-10s``; and three note transcribers (``jtm.models.note_transcriber.NoteTranscriber``, as a
+study's notes cell leaves it, random weights, on raw front-end features), decoded from onsets by the pipeline's
+default streaming (10 s front-end chunks): the study's note head (``jtm.pipelines.arms.NOTE_HEAD``) on the demo's
+CPC context features (``note-cpc``) and on the log-mel spectrogram (``note-logmel``), and the cqt-harmonic arm's
+pitch-equivariant head on the demo architecture's constant-Q spectrum (``note-harmonic``). Their onset threshold is calibrated so that
 0.2 % of the onset outputs are on (~25 note starts per second), their sustain and frame thresholds at ``active``.
 ``x_real_time`` is seconds of audio per wall second (what ``jtm transcribe`` prints); ``rtf`` its inverse.
 """
@@ -94,13 +95,13 @@ def build_model(folder: Path, tiny: bool = False, seed: int = 0) -> tuple[Path, 
 
 
 def build_note_model(folder: Path, frontend: str, tiny: bool = False, seed: int = 0) -> tuple[Path, dict, str]:
-    """A random-weight NoteTranscriber (the study's note head on ``frontend``: "cpc", the demo's architecture, or
-    "logmel") saved in ``folder``, as a study's notes cell leaves it."""
+    """A random-weight NoteTranscriber saved in ``folder``, as a study's notes cell leaves it: the study's note head
+    on ``frontend`` ("cpc": the demo's architecture, its context; "logmel"), or "harmonic": the cqt-harmonic arm's
+    pitch-equivariant head on the demo architecture's constant-Q spectrum."""
     from jtm.models.cpc import CPCEncoder
     from jtm.models.logmel import LogMel, LogMelConfig
-    from jtm.models.note_head import NoteHead
-    from jtm.models.note_transcriber import NoteTranscriber
-    from jtm.pipelines.arms import NOTE_HEAD
+    from jtm.models.note_transcriber import NoteTranscriber, build_note_head
+    from jtm.pipelines.arms import NOTE_HEADS
 
     torch.manual_seed(seed)
     if frontend == "logmel":
@@ -108,8 +109,12 @@ def build_note_model(folder: Path, frontend: str, tiny: bool = False, seed: int 
     else:
         config, source, _ = demo_cpc_config(tiny)
         front = CPCEncoder(config)
-    width = config.n_mels if frontend == "logmel" else config.context_dim
-    NoteTranscriber(front, NoteHead(width, **NOTE_HEAD), "context").save_pretrained(folder)
+    width = {"logmel": getattr(config, "n_mels", 0), "cpc": getattr(config, "context_dim", 0),
+             "harmonic": getattr(config, "gabor_filters", 0)}[frontend]
+    options = NOTE_HEADS["harmonic" if frontend == "harmonic" else "frames"]
+    features = "spectrum" if frontend == "harmonic" else "context"
+    head = build_note_head(in_dim=width, n_pitches=128, **options)
+    NoteTranscriber(front, head, features).save_pretrained(folder)
     return folder, config.to_dict(), source
 
 
@@ -149,7 +154,7 @@ def run(seconds: float = 60.0, repeats: int = 3, threshold: float | None = None,
     ``threshold``: the saved decision threshold (None: calibrated so that ``active`` of the outputs are on).
     Chunking arguments left None take the pipeline's defaults (as ``jtm transcribe`` does); ``threads``: torch
     threads for this run (None: torch's default, all cores), as ``jtm transcribe --threads``; ``note_frontend``
-    ("cpc" or "logmel"): time a note transcriber on that front end instead of a frame model.
+    ("cpc", "logmel" or "harmonic"): time a note transcriber on that front end instead of a frame model.
     """
     previous = torch.get_num_threads()
     if threads:
@@ -229,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for kwargs in (dict(config="default"), dict(threads=1, config="threads-1"), dict(threshold=0.5),
                    dict(chunk_seconds=10.0, context_seconds=1.0, batch_size=4, config="chunks-10s"),
-                   dict(note_frontend="cpc", config="note-cpc"), dict(note_frontend="logmel", config="note-logmel")):
+                   dict(note_frontend="cpc", config="note-cpc"), dict(note_frontend="logmel", config="note-logmel"),
+                   dict(note_frontend="harmonic", config="note-harmonic")):
         print(json.dumps(run(args.seconds, args.repeats, **kwargs)), flush=True)
 
 

@@ -66,7 +66,7 @@ def test_transcribe_tiny(tmp_path: Path, threshold):
     assert r["threads"] == 1 and r["chunk_seconds"] > 0 and r["batch_size"] >= 1  # the run.json's chunking was read
 
 
-@pytest.mark.parametrize("frontend", ["cpc", "logmel"])
+@pytest.mark.parametrize("frontend", ["cpc", "logmel", "harmonic"])
 def test_transcribe_tiny_note_model(tmp_path: Path, frontend: str):
     r = transcribe.run(seconds=3.0, repeats=1, threads=1, tiny=True, workdir=tmp_path, note_frontend=frontend)
     assert r["model"] == "note transcriber" and 0 < r["onset_threshold"] < 1 and r["n_notes"] > 0
