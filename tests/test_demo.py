@@ -21,6 +21,10 @@ def test_demo_configs() -> None:
     assert "cpc-linear" in full.methods
     assert quick.encoder_dim < full.encoder_dim and quick.pretrain_epochs <= 2
     assert DemoConfig.from_dict(full.to_dict()) == full
+    assert full.transcriber == "cqt-harmonic" and DemoConfig(transcriber=None).transcriber is None
+    for bad in (dict(transcriber="cqt-linear"), dict(transcriber="magic"), dict(encoder="conv")):
+        with pytest.raises(ValueError, match="transcriber"):
+            DemoConfig(**bad)
     assert "threads" not in full.content() and "minutes" in full.content()
 
 
@@ -122,7 +126,7 @@ def test_quick_demo_end_to_end(quick_demo) -> None:
     out, proc, seconds, again = quick_demo
     assert proc.returncode == 0, proc.stderr[-3000:]
     stdout = proc.stdout
-    for stage in ("synthesise", "prepare", "pretrain", "study", "report"):
+    for stage in ("synthesise", "prepare", "pretrain", "study", "notes", "report"):
         assert f"{stage}: done in" in stdout, stage
     assert "stage timings:" in stdout and "total" in stdout
     assert "transcription: frame_ap" in stdout and "ensemble: accuracy" in stdout
@@ -142,9 +146,9 @@ def test_quick_demo_end_to_end(quick_demo) -> None:
 
     # A second run reuses every finished stage and only rebuilds the report.
     assert again is not None and again.returncode == 0, again.stderr[-3000:] if again else "first run failed"
-    for stage in ("synthesise", "prepare", "pretrain", "study"):
+    for stage in ("synthesise", "prepare", "pretrain", "study", "notes"):
         assert f"{stage}: " in again.stdout and "finished earlier, reused" in again.stdout
-    assert again.stdout.count("finished earlier, reused") == 4
+    assert again.stdout.count("finished earlier, reused") == 5
 
 
 @pytest.mark.slow
@@ -156,23 +160,41 @@ def test_quick_demo_report_has_every_figure(quick_demo) -> None:
 
 
 @pytest.mark.slow
-def test_quick_demo_leaves_the_transcription_model_chosen_on_validation(quick_demo) -> None:
-    """OUT/transcriber is the transcription cell with the best validation frame AP (not the best test score),
-    and jtm transcribe accepts it."""
+def test_quick_demo_leaves_its_note_transcriber_and_jtm_transcribe_takes_it(quick_demo) -> None:
+    """OUT/transcriber is the notes cell of DemoConfig.transcriber (the pitch-equivariant head), its learning rate
+    chosen on validation, and jtm transcribe writes MIDI with it."""
     import json
-
-    import pandas as pd
 
     out, proc, _, _ = quick_demo
     assert proc.returncode == 0, proc.stderr[-3000:]
-    df = pd.read_csv(out / "study" / "results.csv")
-    cells = df[(df["task"] == "transcription") & (df["method"] != "cpc-best")]
     chosen = json.loads((out / "transcriber" / "cell.json").read_text())
-    assert chosen["result"]["val_score"] == pytest.approx(cells["val_score"].max())
-    assert "transcription model chosen on validation" in proc.stdout
+    assert chosen["config"]["method"] == DemoConfig.quick().transcriber == "cqt-harmonic"
+    tried = chosen["result"]["lrs_tried"]
+    assert chosen["result"]["lr"] == float(max(tried, key=tried.get))
+    model = json.loads((out / "transcriber" / "model" / "config.json").read_text())["config"]
+    assert model["head"]["kind"] == "harmonic" and model["features"] == "spectrum"
+    assert "note transcriber (cqt-harmonic" in proc.stdout
     wav = next((out / "corpus" / "test_data").glob("*.wav"))
     cmd = [sys.executable, "-c", "from jtm.cli import main; main()", "transcribe", str(wav), "--model",
            str(out / "transcriber"), "-o", str(out / "midi")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "midi" / f"{wav.stem}.mid").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_without_a_note_arm_the_frame_cell_chosen_on_validation_is_exported(quick_demo, tmp_path: Path) -> None:
+    """DemoConfig(transcriber=None) leaves the transcription cell with the best validation frame AP (not the best
+    test score)."""
+    import json
+
+    from jtm.pipelines.demo import export_transcriber
+
+    out, proc, _, _ = quick_demo
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_csv(out / "study" / "results.csv")
+    cells = df[(df["task"] == "transcription") & (df["method"] != "cpc-best")]
+    row = export_transcriber(out / "study", tmp_path / "transcriber")
+    chosen = json.loads((tmp_path / "transcriber" / "cell.json").read_text())
+    assert chosen["result"]["val_score"] == pytest.approx(cells["val_score"].max()) == row["val_score"]
+    assert (tmp_path / "transcriber" / "run.json").is_file() and (tmp_path / "transcriber" / "model").is_dir()

@@ -19,9 +19,10 @@ The study's notes cells write this folder (``CELL/model``); :meth:`from_pretrain
 checked and every size bounded before anything is allocated; weights with safetensors, never pickle):
 ``model.safetensors`` (keys ``frontend.*``, ``head.*``) and ``config.json`` = ``{"format":
 "jtm-note-transcriber", "version": 1, "config": {"task": "notes", "frontend": {"kind": "cpc"|"logmel",
-"config": {...}}, "features": "context"|"encoder"|"both"|"spectrum", "head": {"kind": "frames"|"harmonic", head options}, "thresholds": {"onset",
-"sustain", "frame"}}}``. The front end is the pretrained or random CPC encoder (weights included) or the log-mel
-spectrogram (no weights, never normalised: the study's standardisation is folded into the head's first layer).
+"config": {...}}, "features": "context"|"encoder"|"both"|"spectrum", "head": {"kind": "frames"|"harmonic", head
+options}, "thresholds": {"onset", "sustain", "frame"}}}``. The front end is the pretrained or random CPC encoder
+(weights included) or the log-mel spectrogram (no weights, never normalised: the study's standardisation is folded
+into the head: into its first layer, or into the harmonic head's input buffers).
 """
 from __future__ import annotations
 

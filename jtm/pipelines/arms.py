@@ -217,8 +217,8 @@ grid, and note F1 was lower); with no weight they all stay low."""
 
 class FrozenNoteHead(FrozenProbe):
     """A note head (onset and frame logits with temporal context: :class:`NoteHead`, or :class:`HarmonicNoteHead`
-    with ``options["kind"] == "harmonic"``) on cached standardised features of a frozen front end: the same features, crops, batches and budget as :class:`FrozenProbe`, with an onset target
-    next to the frame target.
+    with ``options["kind"] == "harmonic"``) on cached standardised features of a frozen front end: the same
+    features, crops, batches and budget as :class:`FrozenProbe`, with an onset target next to the frame target.
 
     Targets are (B, W, 256) crops: the piano roll in ``[..., :128]``, the onset roll (each note's first
     ``ONSET_WIDTH`` frames, :func:`jtm.data.labels.onset_roll`) in ``[..., 128:]``. The loss is the frame BCE (the
