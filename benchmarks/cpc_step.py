@@ -164,6 +164,7 @@ def run(config_name: str, steps: int = 10, warmup: int = 2, batch: int = 8, wind
         result["naive_over_efficient"] = round(statistics.median(naive_times) / median, 2)
         result["naive_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["load_average_1min"] = round(os.getloadavg()[0], 2)  # other processes competing for the cores
+    result["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "unset")  # moves small-op steps by a third
     return result
 
 

@@ -6,8 +6,8 @@
 Each configuration runs the real command (``jtm pretrain`` in a subprocess, so imports, loader, logging,
 validation and checkpoints are all in) for ``--epochs`` whole epochs (optionally capped at ``--steps`` batches
 each), bracketed by the isolated step of ``benchmarks/cpc_step.py`` on the same model before and after, with the
-allocator setting and precision that ``jtm pretrain`` uses (glibc-retain; bf16 where the CPU has it), each in its
-own subprocess. Reported:
+allocator setting, precision and OpenMP wait policy that ``jtm pretrain`` uses (glibc-retain; bf16 where the CPU has
+it; ``OMP_WAIT_POLICY`` as set, else PASSIVE as the CLI sets it), each in its own subprocess. Reported:
 
 - ``e2e_windows_per_s``: windows trained per wall second of ``trainer.fit`` (the run's own ``time/`` figures in
   ``metrics.json``, from :class:`jtm.training.callbacks.StepTimer`);
@@ -46,6 +46,11 @@ PRETRAIN_FLAGS = {
     "tiny": ["--encoder", "conv", "--encoder-dim", "16", "--context", "gru", "--context-dim", "16",
              "--predict-steps", "3", "--negatives", "8"],
 }
+
+
+def omp_wait_policy() -> str:
+    """The OpenMP wait policy `jtm pretrain` runs with: the user's ``OMP_WAIT_POLICY``, else the CLI's PASSIVE."""
+    return os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def make_store(workdir: Path, minutes: float) -> Path:
@@ -98,13 +103,17 @@ def run(config: str, store: Path, epochs: int = 2, steps: int | None = None, bat
     # benchmarks/cpc_step.py on the same model, with jtm pretrain's allocator setting and precision
     flags = ["--steps", str(isolated_steps), "--no-naive", "--batch", str(batch), "--window", str(window),
              "--malloc", "retain", "--precision", "bf16" if precision == "bf16-mixed" else "32"]
-    before = cpc_step.run_subprocess(config, flags)
+    # ... and the OpenMP wait policy the command runs with (jtm's CLI sets PASSIVE unless the user set one): for
+    # the demo's GRU it alone moves the step by a third on a quiet machine (README, performance)
+    env = {"OMP_WAIT_POLICY": omp_wait_policy()}
+    before = cpc_step.run_subprocess(config, flags, env)
     with tempfile.TemporaryDirectory(prefix="jtm-e2e-") as tmp:
         e2e = run_command(config, store, Path(tmp) / "run", epochs, steps, batch, window)
-    after = cpc_step.run_subprocess(config, flags)
+    after = cpc_step.run_subprocess(config, flags, env)
     isolated = (before["windows_per_s"] + after["windows_per_s"]) / 2
     isolated_ms = (before["ms_step_median"] + after["ms_step_median"]) / 2
-    result = {"config": config, "batch": batch, "window": window, "epochs": epochs, "precision": precision, **e2e}
+    result = {"config": config, "batch": batch, "window": window, "epochs": epochs, "precision": precision,
+              "omp_wait_policy": env["OMP_WAIT_POLICY"], "isolated_omp_wait_policy": before["omp_wait_policy"], **e2e}
     result["isolated_windows_per_s"] = round(isolated, 2)
     result["isolated_windows_per_s_before_after"] = [before["windows_per_s"], after["windows_per_s"]]
     result["e2e_over_isolated"] = round(e2e["e2e_windows_per_s"] / isolated, 3)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,8 @@ def test_pretrain_e2e_tiny(tmp_path: Path):
     before, after = r["isolated_windows_per_s_before_after"]
     assert r["isolated_windows_per_s"] == pytest.approx((before + after) / 2, abs=0.01)
     assert r["e2e_over_isolated"] == pytest.approx(r["e2e_windows_per_s"] / r["isolated_windows_per_s"], rel=0.01)
+    # the isolated step ran with the OpenMP wait policy of the command (the CLI's PASSIVE unless the user set one)
+    assert r["isolated_omp_wait_policy"] == r["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     assert r["median_step_ms_in_run"] > 0 and r["in_run_median_step_over_isolated"] > 0
     assert r["peak_rss_mb"] > 100  # the pretraining process's own peak (it imports torch), not a sum or a zero
 
