@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from jtm.hardware import CLI_OMP_WAIT_POLICY
 from jtm.training.config import resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or as benchmarks.<name>
@@ -46,11 +47,6 @@ PRETRAIN_FLAGS = {
     "tiny": ["--encoder", "conv", "--encoder-dim", "16", "--context", "gru", "--context-dim", "16",
              "--predict-steps", "3", "--negatives", "8"],
 }
-
-
-def omp_wait_policy() -> str:
-    """The OpenMP wait policy `jtm pretrain` runs with: the user's ``OMP_WAIT_POLICY``, else the CLI's PASSIVE."""
-    return os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def make_store(workdir: Path, minutes: float) -> Path:
@@ -105,7 +101,7 @@ def run(config: str, store: Path, epochs: int = 2, steps: int | None = None, bat
              "--malloc", "retain", "--precision", "bf16" if precision == "bf16-mixed" else "32"]
     # ... and the OpenMP wait policy the command runs with (jtm's CLI sets PASSIVE unless the user set one): for
     # the demo's GRU it alone moves the step by a third on a quiet machine (README, performance)
-    env = {"OMP_WAIT_POLICY": omp_wait_policy()}
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", CLI_OMP_WAIT_POLICY)}
     before = cpc_step.run_subprocess(config, flags, env)
     with tempfile.TemporaryDirectory(prefix="jtm-e2e-") as tmp:
         e2e = run_command(config, store, Path(tmp) / "run", epochs, steps, batch, window)

@@ -4,13 +4,11 @@ Each command group lives in its own module and registers itself on :data:`app` h
 """
 from __future__ import annotations
 
-import os
 import sys
 
-# With OpenMP's default spin-waiting, torch's threads burn their time slices when other processes share the
-# cores, making small CPU ops many times slower; passive waiting costs nothing measurable on a quiet machine.
-# Set before torch is first imported; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from jtm.hardware import passive_openmp_waits
+
+passive_openmp_waits()  # before torch is first imported (jtm.hardware imports no torch); a user's setting wins
 
 from jtm.cli.app import app
 from jtm.errors import JTMError
