@@ -100,6 +100,7 @@ def build_note_model(folder: Path, frontend: str, tiny: bool = False, seed: int 
     pitch-equivariant head on the demo architecture's constant-Q spectrum."""
     from jtm.models.cpc import CPCEncoder
     from jtm.models.logmel import LogMel, LogMelConfig
+    from jtm.models.downstream import feature_dim
     from jtm.models.note_transcriber import NoteTranscriber, build_note_head
     from jtm.pipelines.arms import NOTE_HEADS
 
@@ -109,11 +110,9 @@ def build_note_model(folder: Path, frontend: str, tiny: bool = False, seed: int 
     else:
         config, source, _ = demo_cpc_config(tiny)
         front = CPCEncoder(config)
-    width = {"logmel": getattr(config, "n_mels", 0), "cpc": getattr(config, "context_dim", 0),
-             "harmonic": getattr(config, "gabor_filters", 0)}[frontend]
-    options = NOTE_HEADS["harmonic" if frontend == "harmonic" else "frames"]
     features = "spectrum" if frontend == "harmonic" else "context"
-    head = build_note_head(in_dim=width, n_pitches=128, **options)
+    options = NOTE_HEADS["harmonic" if frontend == "harmonic" else "frames"]
+    head = build_note_head(in_dim=feature_dim(front, features), n_pitches=128, **options)
     NoteTranscriber(front, head, features).save_pretrained(folder)
     return folder, config.to_dict(), source
 

@@ -27,6 +27,7 @@ into the head: into its first layer, or into the harmonic head's input buffers).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterable, Iterator
 from dataclasses import MISSING, dataclass
 from pathlib import Path
@@ -90,23 +91,22 @@ class NoteHeadSpec:
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        if self.kind not in NOTE_HEADS:
-            raise ValueError(f"head kind must be one of {', '.join(NOTE_HEADS)}, got {self.kind!r}")
+        if self.kind not in HEAD_KINDS:
+            raise ValueError(f"head kind must be one of {', '.join(HEAD_KINDS)}, got {self.kind!r}")
 
 
-NOTE_HEADS = ("frames", "harmonic")
+HEAD_KINDS: dict[str, type[NoteHead] | type[HarmonicNoteHead]] = {"frames": NoteHead, "harmonic": HarmonicNoteHead}
+"""The ``kind`` of a note head in ``config.json``, and its class."""
 
 
 def build_note_head(kind: str = "frames", **options: Any) -> NoteHead | HarmonicNoteHead:
-    """A note head of ``kind`` (see :class:`NoteHeadSpec`) from its options; options of the other kind are
-    ignored, so a :class:`NoteHeadSpec` as a dict builds either."""
-    if kind == "harmonic":
-        names = ("in_dim", "n_pitches", "channels", "dropout")
-        return HarmonicNoteHead(**{k: v for k, v in options.items() if k in names})
-    if kind == "frames":
-        names = ("in_dim", "n_pitches", "hidden", "context", "layers", "kernel", "dropout")
-        return NoteHead(**{k: v for k, v in options.items() if k in names})
-    raise ValueError(f"head kind must be one of {', '.join(NOTE_HEADS)}, got {kind!r}")
+    """A note head of ``kind`` (see :class:`NoteHeadSpec`) from its options; options that its class does not take
+    (the other kind's) are ignored, so a :class:`NoteHeadSpec` as a dict builds either."""
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"head kind must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
+    cls = HEAD_KINDS[kind]
+    takes = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in options.items() if k in takes})
 
 
 @dataclass
