@@ -135,10 +135,10 @@ class DemoConfig:
     def __post_init__(self) -> None:
         check_bounds(self)
         if self.transcriber is not None:
-            from jtm.pipelines.study_config import METHODS, NOTE_TASK
+            from jtm.pipelines.study_config import METHODS
 
             method = METHODS.get(self.transcriber)
-            if method is None or not method.runs_on(NOTE_TASK) or method.probe != "note":
+            if method is None or method.probe != "note":
                 notes = ", ".join(m for m, spec in METHODS.items() if spec.probe == "note")
                 raise ValueError(f"transcriber must be a note arm of jtm study ({notes}), not {self.transcriber!r}")
             if method.encoder == "cqt" and self.encoder != "gabor":
@@ -349,8 +349,7 @@ def _copy_cell(cell: Path, dest: Path, names: tuple[str, ...]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(cell / "model", tmp / "model")
     for name in names:
-        if (cell / name).is_file():
-            shutil.copy2(cell / name, tmp / name)
+        shutil.copy2(cell / name, tmp / name)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 
