@@ -211,6 +211,29 @@ def test_frontend_targets_are_the_standardised_filterbank_and_carry_no_gradient(
     torch.testing.assert_close(z_model.cpc_inputs(wave)[0], z_model(wave)[0])
 
 
+def test_cqt_targets_are_the_untrained_gabor_spectrum_for_any_encoder(tmp_path):
+    """target='cqt': a raw-waveform conv encoder is asked to predict the frames of a fixed constant-Q bank, the
+    very spectrum an untrained gabor encoder computes; the bank gets no gradient and adds nothing to the file."""
+    from jtm.models.cpc import CPCLoss
+
+    torch.manual_seed(0)
+    shared = dict(encoder_dim=16, context_dim=16, gabor_filters=48, gabor_kernel=1025, predict_steps=3,
+                  negatives=8, score="cosine")
+    model = CPCEncoder(CPCConfig(encoder="conv", target="cqt", **shared))
+    gabor = CPCEncoder(CPCConfig(encoder="gabor", target="frontend", **shared))
+    wave = torch.randn(2, 4800)
+    targets, c = model.cpc_inputs(wave)
+    assert targets.shape == (2, 30, 48) and c.shape == (2, 30, 16) and not targets.requires_grad
+    torch.testing.assert_close(targets, gabor.cpc_inputs(wave)[0])
+    torch.testing.assert_close(c, model(wave)[1])
+    CPCLoss(model.config)(c, targets).loss.backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())  # the conv stack learns through c
+    assert not any(name.startswith("target_spectrum") for name in model.state_dict())
+    model.save_pretrained(tmp_path / "enc")
+    loaded = CPCEncoder.from_pretrained(tmp_path / "enc")
+    torch.testing.assert_close(loaded.cpc_inputs(wave)[0], targets)
+
+
 def test_frontend_target_needs_the_gabor_encoder():
     from jtm.configs import ConfigError
 

@@ -70,15 +70,15 @@ def pretrain(
                                 "directions."),
     temperature: float = typer.Option(_model("temperature"), help="Temperature of the cosine score."),
     target: Target = typer.Option(_model("target", Target), help="What c predicts: z (CPC's learned encoder "
-                                  "output) or frontend (the gabor filterbank's frames, fixed; keeps pitch in the "
-                                  "features)."),
+                                  "output), frontend (the gabor filterbank's frames, fixed; keeps pitch in the "
+                                  "features) or cqt (a fixed constant-Q spectrum: the same for any --encoder)."),
     sampling: Sampling = typer.Option(_run("sampling", Sampling), help="Where a batch's windows, hence the "
                                       "negatives, come from (samesequence: one recording per batch)."),
     labels_by: Optional[str] = typer.Option(_run("labels_by"), help="Metadata column for samecategory (ensemble, "
                                             "composer, ...)."),
     views: Views = typer.Option(_run("views", Views), help="Where the targets come from: same (the window "
                                 "itself) or renderings (the same samples of another rendering of the piece, from "
-                                "jtm data synth --renderings; needs --target frontend): multi-view CPC."),
+                                "jtm data synth --renderings; needs --target frontend or cqt): multi-view CPC."),
     reverse: bool = typer.Option(_model("reverse"), help="Reverse mode: predict the past instead of the future."),
     dropout: float = typer.Option(_model("dropout"), help="Dropout in the context network."),
     window: int = typer.Option(_run("window"), help=f"Window length in samples at 16 kHz ({DEFAULT_WINDOW} = "

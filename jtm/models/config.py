@@ -13,7 +13,7 @@ NORMS = ("layer", "instance", "batch", "none")
 CONTEXTS = ("gru", "lstm", "rnn", "transformer")
 NEGATIVE_SOURCES = ("batch", "window")
 SCORES = ("dot", "cosine")
-TARGETS = ("z", "frontend")
+TARGETS = ("z", "frontend", "cqt")
 FEATURE_LAYERS = ("context", "encoder", "both", "spectrum")
 """What a probe or an embedding reads of a CPC model: c, z, [z, c] (encoder_dim + context_dim wide), or the gabor
 encoder's log filterbank magnitudes, the spectrum its frame-rate layers read (gabor_filters wide)."""
@@ -49,7 +49,8 @@ class CPCConfig:
     target: str = "z"                                # what InfoNCE asks c to predict: 'z' (CPC: the learned
                                                      # encoder output) or 'frontend' (the gabor encoder's log
                                                      # filterbank frames, standardised over the batch, fixed:
-                                                     # no gradient flows into them)
+                                                     # no gradient flows into them) or 'cqt' (the same frames
+                                                     # from a fixed constant-Q bank: any encoder, even 'conv')
     reverse: bool = False                            # CPC_audio's reverse mode: the context reads time backwards,
                                                      # predicts the past
     sample_rate: int = bounded(SAMPLE_RATE, 1000, 192000)  # the rate the encoder expects (hop 160: 100 frames/s)
@@ -113,7 +114,7 @@ class CPCConfig:
     @property
     def target_dim(self) -> int:
         """Width of the frames InfoNCE scores predictions against (see ``target``)."""
-        return self.gabor_filters if self.target == "frontend" else self.encoder_dim
+        return self.gabor_filters if self.target in ("frontend", "cqt") else self.encoder_dim
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from jtm.audio import HOP, resample
 from jtm.models.config import CPCConfig
 from jtm.models.context import build_context
-from jtm.models.encoders import DOWNSAMPLING, build_encoder, receptive_field
+from jtm.models.encoders import DOWNSAMPLING, ConstantQSpectrum, build_encoder, receptive_field
 from jtm.models.inference import Chunking, FramesFn, StepFn, run_array
 from jtm.models.pretrained import (load_weights_into, read_pretrained_config, read_pretrained_weights,
                                    save_pretrained_files, WEIGHTS_NAME)
@@ -53,6 +53,9 @@ class CPCEncoder(nn.Module):
         self.config = config
         self.encoder = build_encoder(config)
         self.context = build_context(config)
+        # Only a 'cqt' target needs its own bank (no parameters, nothing saved); 'frontend' reads the encoder's.
+        self.target_spectrum = (ConstantQSpectrum(config.gabor_filters, config.gabor_kernel, config.sample_rate)
+                                if config.target == "cqt" else None)
         self._embed_margin = embed_margin_frames(config)
 
     def contextualise(self, z: Tensor, state=None) -> tuple[Tensor, object]:
@@ -83,7 +86,8 @@ class CPCEncoder(nn.Module):
         """wave (B, T) -> (targets (B, F, config.target_dim), c (B, F, context_dim)): what :class:`CPCLoss`
         scores, the frames c must tell apart, and the contexts that predict them.
 
-        ``target_wave`` (B, T), with ``target='frontend'`` only: take the targets from this other view of the same
+        ``target_wave`` (B, T), with a spectral target ('frontend' or 'cqt') only: take the targets from this other
+        view of the same
         windows (another rendering of the same moment, :mod:`jtm.data.views`) while c reads ``wave``; what c can
         predict of another view is what the two share, the notes rather than the timbre.
 
@@ -91,21 +95,27 @@ class CPCEncoder(nn.Module):
         standardised per filter over the batch and detached. Why: a learned target moves towards whatever is
         easiest to predict; with z as target, 510 steps left z with less linearly readable pitch than the
         untrained encoder (docs/RESULTS.md). Fixed spectral targets keep pitch in what c must predict, as fixed
-        or slowly moving targets do in HuBERT and data2vec.
+        or slowly moving targets do in HuBERT and data2vec. ``target='cqt'`` returns the same frames from a fixed
+        constant-Q bank (:class:`~jtm.models.encoders.ConstantQSpectrum`), so any encoder, a raw-waveform conv
+        stack included, can be asked to predict them; the encoder itself stays free of the filterbank.
         """
         if self.config.target == "z":
             if target_wave is not None:
-                raise ValueError("a second view's targets need target='frontend' (a learned z target of another "
-                                 "view has nothing to anchor it)")
+                raise ValueError("a second view's targets need a spectral target, 'frontend' or 'cqt' (a learned "
+                                 "z target of another view has nothing to anchor it)")
             return self(wave)
-        spectrum = self.encoder.spectrum(wave)
-        c, _ = self.contextualise(self.encoder.layers(spectrum))
-        if target_wave is not None:
-            if target_wave.shape != wave.shape:
-                raise ValueError(f"target_wave must have wave's shape {tuple(wave.shape)}, "
-                                 f"got {tuple(target_wave.shape)}")
+        if target_wave is not None and target_wave.shape != wave.shape:
+            raise ValueError(f"target_wave must have wave's shape {tuple(wave.shape)}, got {tuple(target_wave.shape)}")
+        if self.target_spectrum is not None:
+            c, _ = self.contextualise(self.encoder(wave))
             with torch.no_grad():
-                spectrum = self.encoder.spectrum(target_wave)
+                spectrum = self.target_spectrum(wave if target_wave is None else target_wave)
+        else:
+            spectrum = self.encoder.spectrum(wave)
+            c, _ = self.contextualise(self.encoder.layers(spectrum))
+            if target_wave is not None:
+                with torch.no_grad():
+                    spectrum = self.encoder.spectrum(target_wave)
         target = spectrum.detach()
         mean, std = target.mean(dim=(0, 1), keepdim=True), target.std(dim=(0, 1), keepdim=True)
         return (target - mean) / (std + 1e-5), c

@@ -338,17 +338,26 @@ class GaborFilterbank(nn.Module):
         if wave.dim() != 2 or wave.shape[1] % self.stride != 0 or wave.shape[1] == 0:
             raise ValueError(f"GaborFilterbank expects (B, T) with T a positive multiple of {self.stride}, "
                              f"got shape {tuple(wave.shape)}")
-        # Asymmetric zero padding centres window f on sample stride * f + stride // 2 and gives exactly
-        # T // stride frames (kernel - stride is odd, so symmetric padding would lose one).
-        left = (self.kernel - 1) // 2 - self.stride // 2
-        right = self.kernel - self.stride - left
-        # float32 even under bf16 autocast: bf16's 8-bit mantissa would put a -48 dB floor under quiet bands
-        # next to loud ones, and this GEMM is a small part of the step.
-        with torch.autocast(device_type=wave.device.type, enabled=False):
-            x = F.pad(wave.float(), (left, right)).unsqueeze(-1)                   # (B, T + kernel - stride, 1)
-            y = strided_conv(x, self.filters(), None, self.stride, 0)              # (B, F, 2 n)
-            re, im = y[..., : self.n_filters], y[..., self.n_filters :]
-            return torch.sqrt(re * re + im * im + self.eps)
+        return filter_magnitudes(wave, self.filters(), self.stride, self.eps)
+
+
+def filter_magnitudes(wave: Tensor, filters: Tensor, stride: int, eps: float = 1e-8) -> Tensor:
+    """|complex filter output| of ``wave`` (B, T), T a multiple of ``stride``, at hop ``stride``: (B, T // stride, n).
+
+    ``filters`` (2 n, 1, kernel), kernel odd: real parts, then imaginary parts (:meth:`GaborFilterbank.filters`).
+    Frame f is centred on sample ``stride * f + stride // 2``."""
+    kernel, n = filters.shape[-1], filters.shape[0] // 2
+    # Asymmetric zero padding centres window f on sample stride * f + stride // 2 and gives exactly
+    # T // stride frames (kernel - stride is odd, so symmetric padding would lose one).
+    left = (kernel - 1) // 2 - stride // 2
+    right = kernel - stride - left
+    # float32 even under bf16 autocast: bf16's 8-bit mantissa would put a -48 dB floor under quiet bands
+    # next to loud ones, and this GEMM is a small part of the step.
+    with torch.autocast(device_type=wave.device.type, enabled=False):
+        x = F.pad(wave.float(), (left, right)).unsqueeze(-1)                   # (B, T + kernel - stride, 1)
+        y = strided_conv(x, filters.float(), None, stride, 0)                  # (B, F, 2 n)
+        re, im = y[..., :n], y[..., n:]
+        return torch.sqrt(re * re + im * im + eps)
 
 
 class GaborEncoder(nn.Module):
@@ -387,6 +396,24 @@ class GaborEncoder(nn.Module):
     def forward(self, wave: Tensor) -> Tensor:
         """(B, T) -> (B, T // 160, D)."""
         return self.layers(self.spectrum(wave))
+
+
+class ConstantQSpectrum(nn.Module):
+    """The log magnitudes of a *fixed* constant-Q Gabor bank: what :class:`GaborEncoder` computes at its start
+    (:class:`GaborFilterbank`'s initial filters, gain :data:`GABOR_GAIN`), for use as a target of any encoder.
+
+    No parameters and no saved state: the filters are rebuilt from (n_filters, kernel, sample_rate), so a model
+    file does not change by carrying one. Input (B, T) -> (B, T // 160, n_filters)."""
+
+    def __init__(self, n_filters: int = 192, kernel: int = 2049, sample_rate: int = 16000) -> None:
+        super().__init__()
+        with torch.no_grad():
+            filters = GaborFilterbank(n_filters, kernel, DOWNSAMPLING, sample_rate).filters()
+        self.register_buffer("filters", filters, persistent=False)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        """(B, T) -> (B, T // 160, n_filters) log1p(gain * magnitude)."""
+        return torch.log1p(GABOR_GAIN * filter_magnitudes(_whole_frames(wave), self.filters, DOWNSAMPLING))
 
 
 def build_encoder(config) -> nn.Module:

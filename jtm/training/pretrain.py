@@ -152,8 +152,8 @@ class PretrainData(pl.LightningDataModule):
         self.train_idx, self.val_idx = split_tracks(self.store, "train", cfg.val_fraction, cfg.seed)
         if cfg.views not in VIEWS:
             raise JTMError(f"views must be one of {', '.join(VIEWS)}, not {cfg.views!r}")
-        if cfg.views == "renderings" and cfg.model.target != "frontend":
-            raise JTMError("--views renderings needs --target frontend: the targets come from another rendering")
+        if cfg.views == "renderings" and cfg.model.target == "z":
+            raise JTMError("--views renderings needs --target frontend or cqt: the targets come from another rendering")
         # Checked now (throwaway single-process loaders), so a bad --labels-by or budget fails before any set-up.
         self._windows(self.train_idx, train=True, rank=0, world_size=1)
         if len(self.val_idx):
