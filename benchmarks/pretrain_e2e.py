@@ -7,7 +7,7 @@ Each configuration runs the real command (``jtm pretrain`` in a subprocess, so i
 validation and checkpoints are all in) for ``--epochs`` whole epochs (optionally capped at ``--steps`` batches
 each), bracketed by the isolated step of ``benchmarks/cpc_step.py`` on the same model before and after, with the
 allocator setting, precision and OpenMP wait policy that ``jtm pretrain`` uses (glibc-retain; bf16 where the CPU has
-it; ``OMP_WAIT_POLICY`` as set, else PASSIVE as the CLI sets it), each in its own subprocess. Reported:
+it; ``OMP_WAIT_POLICY`` as set, else chosen by the load as the CLI chooses it), each in its own subprocess. Reported:
 
 - ``e2e_windows_per_s``: windows trained per wall second of ``trainer.fit`` (the run's own ``time/`` figures in
   ``metrics.json``, from :class:`jtm.training.callbacks.StepTimer`);
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jtm.hardware import CLI_OMP_WAIT_POLICY
+from jtm.hardware import choose_openmp_wait_policy
 from jtm.training.config import resolve_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or as benchmarks.<name>
@@ -99,9 +99,10 @@ def run(config: str, store: Path, epochs: int = 2, steps: int | None = None, bat
     # benchmarks/cpc_step.py on the same model, with jtm pretrain's allocator setting and precision
     flags = ["--steps", str(isolated_steps), "--no-naive", "--batch", str(batch), "--window", str(window),
              "--malloc", "retain", "--precision", "bf16" if precision == "bf16-mixed" else "32"]
-    # ... and the OpenMP wait policy the command runs with (jtm's CLI sets PASSIVE unless the user set one): for
-    # the demo's GRU it alone moves the step by a third on a quiet machine (README, performance)
-    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", CLI_OMP_WAIT_POLICY)}
+    # ... and the OpenMP wait policy the command runs with, chosen here as jtm's CLI chooses it (by the load at
+    # start, unless the user set one) and handed to all three subprocesses: for the demo's GRU it alone moves the
+    # step by a third (README, performance)
+    env = {"OMP_WAIT_POLICY": choose_openmp_wait_policy()}
     before = cpc_step.run_subprocess(config, flags, env)
     with tempfile.TemporaryDirectory(prefix="jtm-e2e-") as tmp:
         e2e = run_command(config, store, Path(tmp) / "run", epochs, steps, batch, window)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -66,16 +67,53 @@ def pin_mkl_rounding() -> str:
     return os.environ.setdefault("MKL_CBWR", REPRODUCIBLE_MKL)
 
 
+QUIET_BUSY_CORES = 0.5
+"""Below this many cores' worth of other work, :func:`choose_openmp_wait_policy` lets OpenMP threads spin."""
 
-CLI_OMP_WAIT_POLICY = "PASSIVE"
+
+def _cpu_times(cpus: set[int]) -> tuple[int, int] | None:
+    """(total, idle) jiffies summed over ``cpus`` from /proc/stat, or None where there is no /proc/stat."""
+    try:
+        lines = Path("/proc/stat").read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return None
+    total = idle = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            values = [int(v) for v in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
+            total += sum(values)
+            idle += values[3] + values[4]
+    return (total, idle) if total else None
 
 
-def passive_openmp_waits() -> str:
-    """Make OpenMP threads sleep rather than spin between parallel regions (``OMP_WAIT_POLICY=PASSIVE``) unless the
-    user set ``OMP_WAIT_POLICY``; returns the value in force. The CLI calls it before torch is first imported.
+def busy_cores(interval: float = 0.1) -> float | None:
+    """How many of this process's cores other processes kept busy over the next ``interval`` seconds (this
+    process sleeps meanwhile), from /proc/stat; None where that cannot be read."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+    before = _cpu_times(cpus)
+    time.sleep(interval)
+    after = _cpu_times(cpus)
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    total, idle = after[0] - before[0], after[1] - before[1]
+    return len(cpus) * (total - idle) / total
 
-    Why: spinning threads burn their time slices when another process shares the cores, making small CPU ops many
-    times slower. The price on a quiet machine: the demo model's GRU step takes 175 ms instead of 122-126 ms (README,
-    performance); with one busy process on the other core, 225 ms instead of 332-379 ms.
+
+def choose_openmp_wait_policy() -> str:
+    """Set ``OMP_WAIT_POLICY`` for this process from the load on its cores, unless the user set it; returns the
+    value in force. The CLI calls it before torch is first imported (libgomp reads the variable when it loads).
+
+    Why: between parallel regions OpenMP threads either spin (ACTIVE) or sleep (PASSIVE). The demo's GRU step is
+    many small operations: on a quiet machine spinning is a third faster (median step 122-126 ms against 175 ms),
+    but when another process shares the cores spinning threads burn its time slices and the step is a third
+    slower (332-379 ms against 225 ms; README, performance). So: ACTIVE when less than :data:`QUIET_BUSY_CORES`
+    of this process's cores are busy with other work at start, PASSIVE otherwise, or where load cannot be read.
     """
-    return os.environ.setdefault("OMP_WAIT_POLICY", CLI_OMP_WAIT_POLICY)
+    if "OMP_WAIT_POLICY" not in os.environ:
+        busy = busy_cores()
+        os.environ["OMP_WAIT_POLICY"] = "ACTIVE" if busy is not None and busy < QUIET_BUSY_CORES else "PASSIVE"
+    return os.environ["OMP_WAIT_POLICY"]

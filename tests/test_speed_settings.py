@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -107,3 +108,24 @@ print(os.environ.get("MKL_CBWR"), -1 if query is None else query(1))
         pytest.skip("this torch build does not expose MKL's mode query")
     assert pinned[1] == "2" and plain[1] != "2"  # MKL_CBWR_AUTO in force only when pinned
     assert run("pin", env={**env, "MKL_CBWR": "COMPATIBLE"})[0] == "COMPATIBLE"  # the user's choice wins
+
+
+def test_openmp_threads_spin_only_on_a_quiet_machine(monkeypatch):
+    """The CLI lets OpenMP threads spin (ACTIVE) only when its cores are free at start: with a busy process on
+    every core they sleep between parallel regions (PASSIVE), and a user's OMP_WAIT_POLICY always wins."""
+    from jtm.hardware import busy_cores, choose_openmp_wait_policy, usable_cpus
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert choose_openmp_wait_policy() == "ACTIVE"
+    cpus = sorted(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+                for cpu in cpus]
+    try:
+        time.sleep(0.5)  # past the interpreters' start-up
+        assert busy_cores(0.3) > 0.7 * usable_cpus()
+        monkeypatch.delenv("OMP_WAIT_POLICY")
+        assert choose_openmp_wait_policy() == "PASSIVE"
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import sys
 
-from jtm.hardware import passive_openmp_waits
+from jtm.hardware import choose_openmp_wait_policy
 
-passive_openmp_waits()  # before torch is first imported (jtm.hardware imports no torch); a user's setting wins
+choose_openmp_wait_policy()  # before torch is first imported (jtm.hardware imports no torch); a user's setting wins
 
 from jtm.cli.app import app
 from jtm.errors import JTMError
