@@ -50,7 +50,7 @@ def pretrain(
     encoder: Encoder = typer.Option(_model("encoder", Encoder), help="conv: 5 strided convs; sinc: SincNet first "
                                     "layer; gabor: learnable constant-Q Gabor filterbank (128 ms windows)."),
     sinc_kernel: int = typer.Option(_model("sinc_kernel"), help="SincNet filter length in samples (odd; 251 = "
-                                    "16 ms, as SincNet; 2049 resolves semitones from ~300 Hz)."),
+                                    "16 ms, as SincNet; 2049 = 128 ms, the gabor window)."),
     gabor_filters: int = typer.Option(_model("gabor_filters"), help="Gabor filters from 30 Hz to 7.5 kHz "
                                       "(192: 24 per octave)."),
     gabor_kernel: int = typer.Option(_model("gabor_kernel"), help="Gabor window in samples (odd, at least "
