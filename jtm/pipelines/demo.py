@@ -370,10 +370,10 @@ def export_transcriber(study: Path, dest: Path) -> dict[str, Any] | None:
     cells = df[(df["task"] == "transcription") & (df["method"] != "cpc-best")].dropna(subset=["val_score"])
     if cells.empty:
         return None
-    from jtm.pipelines.study import fraction_dir
+    from jtm.pipelines.study import cell_dir
 
     best = cells.loc[cells["val_score"].idxmax()]
-    cell = study / "transcription" / str(best["method"]) / fraction_dir(best["fraction"]) / f"seed{int(best['seed'])}"
+    cell = cell_dir(study, "transcription", str(best["method"]), best["fraction"], best["seed"])
     _copy_cell(cell, dest, ("run.json", "splits.json", "metrics.json", "cell.json"))
     return _row_dict(best)
 
@@ -383,7 +383,7 @@ def export_note_transcriber(notes: Path, dest: Path) -> dict[str, Any] | None:
     and ``jtm evaluate`` take; return its results row (None if the study has not finished)."""
     import pandas as pd
 
-    from jtm.pipelines.study import fraction_dir
+    from jtm.pipelines.study import cell_dir
 
     results = notes / "results.csv"
     if not results.is_file():
@@ -393,7 +393,7 @@ def export_note_transcriber(notes: Path, dest: Path) -> dict[str, Any] | None:
     if cells.empty:
         return None
     row = cells.iloc[0]
-    cell = notes / "notes" / str(row["method"]) / fraction_dir(row["fraction"]) / f"seed{int(row['seed'])}"
+    cell = cell_dir(notes, "notes", str(row["method"]), row["fraction"], row["seed"])
     _copy_cell(cell, dest, ("splits.json", "metrics.json", "cell.json"))
     return _row_dict(row)
 

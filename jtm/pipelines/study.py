@@ -94,6 +94,11 @@ def fraction_dir(fraction: float) -> str:
     return f"f{float(fraction)!r}"
 
 
+def cell_dir(out: Path, task: str, method: str, fraction: float, seed: int) -> Path:
+    """The folder of one study cell: ``OUT/<task>/<method>/<fraction_dir>/seed<seed>``."""
+    return out / task / method / fraction_dir(fraction) / f"seed{int(seed)}"
+
+
 def parse_list(text: str | Sequence[Any] | None, kind: Callable[[str], Any] = str) -> list[Any]:
     """``"a,b"`` -> ``[kind(a), kind(b)]`` (sequences pass through, converted)."""
     if text is None:
@@ -433,7 +438,7 @@ def _run_study(cfg: StudyConfig, log: Callable[[str], None]) -> pd.DataFrame:
     for k, (task, method, fraction) in enumerate(cells, start=1):
         lr_choice = None
         for repeat in range(cfg.seeds):
-            cell = out / task / method / fraction_dir(fraction) / f"seed{cfg.seed + repeat}"
+            cell = cell_dir(out, task, method, fraction, cfg.seed + repeat)
             label = f"[{k}/{len(cells)}] {task} {method} f={fraction:g} seed {cfg.seed + repeat}"
             result, status = _cell_result(cfg, fronts, task, method, fraction, repeat, lr_choice, cell)
             lr_choice = result["lr"]
