@@ -87,9 +87,8 @@ class CPCEncoder(nn.Module):
         scores, the frames c must tell apart, and the contexts that predict them.
 
         ``target_wave`` (B, T), with a spectral target ('frontend' or 'cqt') only: take the targets from this other
-        view of the same
-        windows (another rendering of the same moment, :mod:`jtm.data.views`) while c reads ``wave``; what c can
-        predict of another view is what the two share, the notes rather than the timbre.
+        view of the same windows (another rendering of the same moment, :mod:`jtm.data.views`) while c reads
+        ``wave``; what c can predict of another view is what the two share, the notes rather than the timbre.
 
         ``target='z'`` (CPC) returns z. ``target='frontend'`` returns the gabor encoder's log filterbank frames,
         standardised per filter over the batch and detached. Why: a learned target moves towards whatever is
