@@ -129,6 +129,19 @@ def test_idempotent(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert not s.up_to_date and s.n_tracks == 5
 
 
+def test_rerun_removes_work_files_a_build_killed_after_store_json_left(tmp_path: Path) -> None:
+    """Killed between writing store.json and removing ``.work/``, a build leaves a complete store and its work
+    files; the next run finds the store up to date and must still remove them (seen in the kill campaign)."""
+    make_musicnet_folder(tmp_path / "src")
+    prep(tmp_path / "src", tmp_path / "store")
+    before = tree_digest(tmp_path / "store")
+    leftover = tmp_path / "store" / ".work" / "1000-abc.json"
+    leftover.parent.mkdir()
+    leftover.write_text("{}")
+    assert prep(tmp_path / "src", tmp_path / "store").up_to_date
+    assert not leftover.parent.exists() and tree_digest(tmp_path / "store") == before
+
+
 def test_interrupted_run_never_opens_and_rerun_completes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_musicnet_folder(tmp_path / "src")
     store = tmp_path / "store"

@@ -336,7 +336,12 @@ def prepare_store(
         # One writer per store: a second prepare into it is refused while this one runs.
         with folder_lock(store):
             done = _up_to_date(store, fingerprint, t0)
-            return done or _build_store(src, store, t0, settings, fingerprint, workers=workers, on_error=on_error,
+            if done is not None:
+                # A build killed after writing store.json but before removing its work files left them behind,
+                # and every later run finds the store up to date: finish that build's last step here.
+                shutil.rmtree(_work_dir(store), ignore_errors=True)
+                return done
+            return _build_store(src, store, t0, settings, fingerprint, workers=workers, on_error=on_error,
                                         progress=progress, shard_mb=shard_mb, min_seconds=min_seconds)
     except FolderNotWritableError:
         # A store in a read-only folder cannot be locked, but it may well be complete and up to date.
@@ -344,6 +349,11 @@ def prepare_store(
         if done is None:
             raise
         return done
+
+
+def _work_dir(store: Path) -> Path:
+    """The per-track work files of a build (stage 1); removed once the store is complete."""
+    return store / ".work"
 
 
 def _up_to_date(store: Path, fingerprint: str, t0: float) -> PrepareSummary | None:
@@ -375,7 +385,7 @@ def _build_store(src: Path, store: Path, t0: float, settings: dict[str, Any], fi
     tracks, _ = read_source(src, on_error=on_error, skipped=skipped, exclude=store)
     if not tracks and not skipped:
         raise DataError(src, f"no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
-    work = store / ".work"
+    work = _work_dir(store)
     work.mkdir(parents=True, exist_ok=True)
     tasks = _make_tasks(tracks, work, min_seconds)
     n_workers = usable_cpus() if workers is None else int(workers)
