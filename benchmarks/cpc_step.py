@@ -12,10 +12,10 @@ Two FLOP counts, two utilisations:
   backward, counted by FlopCounterMode, plus 1 + N dot products per prediction for the scores, forward and
   backward). This is the honest MFU.
 - ``executed_gflop_per_step``/``executed_fraction_of_peak``: everything the step runs, including the scores
-  of each prediction against the whole bank of B*F frames (CPCLoss gathers its 1 + N columns from that GEMM,
-  which is faster than gathering the frames first, but does B*F/(1 + N) times the scoring work).
+  of each prediction against the whole bank of B*F frames (CPCLoss gathers its N negative columns from that GEMM,
+  which is faster than gathering the frames first, but does B*F/N times the scoring work).
 
-``--precision bf16`` runs the step under torch.autocast(bfloat16) (the loss stays float32); compare it with
+``--precision bf16`` runs the step under torch.autocast(bfloat16) (the loss's logits stay float32); compare it with
 the bf16 matmul rate, on CPUs that have avx512_bf16 or AMX. ``--malloc retain`` applies
 jtm.allocator.retain_freed_memory first (benchmarks/allocator.py compares allocators side by side).
 """
@@ -69,12 +69,14 @@ def _step_fn(model: CPCEncoder, criterion: CPCLoss, optimizer, wave, negative_id
              precision: str = "32"):
     def step():
         optimizer.zero_grad(set_to_none=True)
+        # what jtm pretrain's step runs: targets (z or spectral), contexts and the loss, all under the autocast
+        # that Lightning's bf16-mixed puts around the training step
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            z, c = model.cpc_inputs(wave)  # what jtm pretrain's step runs: targets (z or spectral) and contexts
-        if naive:
-            out = naive_cpc_loss(criterion.weight, criterion.bias, c, z, negative_idx, criterion.config.reverse)
-        else:
-            out = criterion(c, z, negative_idx)
+            z, c = model.cpc_inputs(wave)
+            if naive:
+                out = naive_cpc_loss(criterion.weight, criterion.bias, c, z, negative_idx, criterion.config.reverse)
+            else:
+                out = criterion(c, z, negative_idx)
         out.loss.backward()
         optimizer.step()
         return out

@@ -9,9 +9,10 @@ summarises frames t .. F-1. The flip lives in ``CPCEncoder.forward`` around the 
 output is flipped back, so every tensor a caller sees is in natural time order), and in ``CPCLoss``, which
 flips c and z once more so that "predict k steps ahead" runs in reversed time: c[t] predicts z[t - k].
 
-Precision: the model runs in float32 by default. bfloat16 autocast works (the loss always computes in
-float32) but only pays on CPUs with bf16 matrix units (AMX / avx512_bf16); ``benchmarks/cpc_step.py``
-measures the matmul rate of both dtypes so the trainer's ``precision`` can be chosen per machine.
+Precision: the model runs in float32 by default. bfloat16 autocast works (the loss's logits and softmax stay in
+float32; see CPCLoss.forward for the one product that follows autocast) but only pays on CPUs with bf16 matrix
+units (AMX / avx512_bf16); ``benchmarks/cpc_step.py`` measures the matmul rate of both dtypes so the trainer's
+``precision`` can be chosen per machine.
 """
 from __future__ import annotations
 
@@ -269,8 +270,9 @@ class CPCLoss(nn.Module):
     s(a, b) = a . b / D (CPC_audio averages the product over features), and the label is 0.
 
     Computed without ever building (B, 1 + N, T', D) candidates: all K predictions are scored against the
-    whole bank of B * F encoded frames in one matrix product, (B K T', D) @ (D, B F), and the positive and
-    negative columns are gathered from it. At B = 8, F = 128, K = 12 that matrix is 45 MB.
+    whole bank of B * F encoded frames in one matrix product, (B K T', D) @ (D, B F), and the negative columns
+    are gathered from it (at B = 8, F = 128, K = 12 that matrix is 45 MB in float32); the positives are the
+    K T' dot products with z shifted by k, taken directly.
 
     A negative whose index is the positive's (b F + t + k) is left out of that (b, t, k)'s softmax (its
     logit is -inf): it would always tie with the positive, so that row's loss could never fall below log 2.
@@ -311,30 +313,40 @@ class CPCLoss(nn.Module):
         elif negative_idx.shape[:2] != (batch, positions):
             raise ValueError(f"negative_idx must be (B, F - K, N) = ({batch}, {positions}, N), "
                              f"got {tuple(negative_idx.shape)}")
-        # The loss is always float32, even under bf16 autocast: the logits are small differences of large dots.
+        # Logits and their softmax are float32, even under bf16 autocast: they are small differences of large dots.
+        # The one exception is the negatives' product with the bank under bf16 autocast and the cosine score,
+        # whose logits are bounded (|cos| / temperature), so bf16's relative rounding (2^-9) moves each by at
+        # most 2^-8 / temperature; the positive, the most similar pair, stays exact. That product is most of the
+        # demo model's step (B F = 1024 columns scored, 1 + N = 129 used), and bf16 does it 4x faster here.
+        scores_dtype = torch.float32
+        if (self.config.score == "cosine" and torch.is_autocast_enabled(z.device.type)
+                and torch.get_autocast_dtype(z.device.type) == torch.bfloat16):
+            scores_dtype = torch.bfloat16
         c, z = c.float(), z.float()
         if self.config.reverse:
             c, z = c.flip(1), z.flip(1)
         with torch.autocast(device_type=z.device.type, enabled=False):
             pred = self.predict(c[:, :positions])                                # (B, K, T', De)
-            bank = z.reshape(batch * frames, de)                                 # (B F, De)
             scale = 1.0 / de
             if self.config.score == "cosine":
                 # Unit vectors: a frame cannot win by its norm alone (loud frames), which with the dot score
                 # let a few directions carry the whole loss (the features' effective rank fell from 18 to 6).
-                pred, bank = F.normalize(pred, dim=-1), F.normalize(bank, dim=-1)
+                pred, z = F.normalize(pred, dim=-1), F.normalize(z, dim=-1)
                 scale = 1.0 / self.config.temperature
-            scores = (pred.reshape(-1, de) @ bank.T).view(batch, k_steps, positions, batch * frames)
+            # the positive of (b, k, t) is z[b, t + k]: a strided view of z, (B, K, T', De), no copy
+            future = z[:, 1:].unfold(1, positions, 1).transpose(2, 3)
+            positive = (pred * future).sum(dim=-1, keepdim=True) * scale           # (B, K, T', 1)
+            bank = z.reshape(batch * frames, de).to(scores_dtype)                # (B F, De)
+            scores = (pred.to(scores_dtype).reshape(-1, de) @ bank.T).view(batch, k_steps, positions, batch * frames)
             # column of the positive z[b, t + k] in the bank: b F + t + k
             t = torch.arange(positions, device=z.device)
             steps = torch.arange(1, k_steps + 1, device=z.device)
             b = torch.arange(batch, device=z.device)
             pos_idx = (b.view(-1, 1, 1) * frames + steps.view(1, -1, 1) + t.view(1, 1, -1)).unsqueeze(-1)
             neg_idx = negative_idx.unsqueeze(1).expand(batch, k_steps, positions, negative_idx.shape[-1])
-            positive = scores.gather(3, pos_idx) * scale                             # (B, K, T', 1)
             # -inf drops a negative that is the positive itself: exp(-inf) = 0 in the softmax, zero gradient,
             # and it can never outscore the (finite) positive in the accuracy
-            negative = (scores.gather(3, neg_idx) * scale).masked_fill(neg_idx == pos_idx, float("-inf"))
+            negative = (scores.gather(3, neg_idx).float() * scale).masked_fill(neg_idx == pos_idx, float("-inf"))
             logits = torch.cat([positive, negative], dim=3)                       # (B, K, T', 1 + N)
             # cross-entropy with label 0 = logsumexp - positive logit
             nll = torch.logsumexp(logits, dim=3) - logits[..., 0]
