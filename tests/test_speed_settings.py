@@ -77,10 +77,32 @@ def test_cpc_loss_under_bf16_autocast_matches_fp32(score):
 
     loss32, grad32 = loss_and_grad(False)
     loss16, grad16 = loss_and_grad(True)
-    assert loss16.dtype == torch.float32  # the loss itself is always computed in fp32
+    assert loss16.dtype == torch.float32  # the logits and their softmax are computed in fp32
     assert abs(float(loss16 - loss32)) / float(loss32) < 1e-2
     cosine = torch.nn.functional.cosine_similarity(grad16, grad32, dim=0)
     assert cosine > 0.98
+
+
+def test_bf16_autocast_keeps_the_loss_within_bf16_rounding_and_the_dot_score_in_float32():
+    """Under bf16 autocast (jtm pretrain's precision where the CPU has bf16) the cosine loss scores its negatives
+    with a bf16 product, logits bounded by 1 / temperature; the loss, accuracy and gradients stay those of float32
+    within bf16's rounding. The dot score's logits are unbounded, so it stays float32 throughout."""
+    torch.manual_seed(0)
+    c = torch.randn(4, 40, 32, requires_grad=True)
+    z = torch.randn(4, 40, 64, requires_grad=True)
+    idx = sample_negatives(4, 40, 36, 32, generator=torch.Generator().manual_seed(0))
+    for score, tolerance in (("cosine", 1e-3), ("dot", 0.0)):
+        criterion = CPCLoss(CPCConfig(encoder_dim=64, context_dim=32, predict_steps=4, negatives=32, score=score))
+        exact = criterion(c, z, idx)
+        exact_grads = torch.autograd.grad(exact.loss, [c, z, criterion.weight])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = criterion(c, z, idx)
+        mixed_grads = torch.autograd.grad(mixed.loss, [c, z, criterion.weight])
+        assert mixed.loss.dtype == torch.float32
+        torch.testing.assert_close(mixed.loss_per_step, exact.loss_per_step, atol=tolerance, rtol=0)
+        torch.testing.assert_close(mixed.acc_per_step, exact.acc_per_step, atol=0.02 if tolerance else 0.0, rtol=0)
+        for a, b in zip(mixed_grads, exact_grads):
+            assert (a - b).norm() <= (0.01 if tolerance else 0.0) * b.norm(), score
 
 
 def test_study_and_demo_pin_mkl_rounding_before_torch_computes(tmp_path):
