@@ -125,7 +125,8 @@ def test_runs_take_their_threads_from_the_affinity_mask(monkeypatch: pytest.Monk
 
 def test_per_step_curves_are_batch_weighted_epoch_means() -> None:
     """The K per-step losses and accuracies are summed over the epoch and logged once, under the names Lightning
-    gave them when they were logged every step, as batch-size-weighted means."""
+    gave them when they were logged every step, as batch-size-weighted means; so is the epoch's loss, the mean
+    over k (the step's loss is the mean of its K losses)."""
     import torch
 
     from jtm.models.config import CPCConfig
@@ -139,6 +140,7 @@ def test_per_step_curves_are_batch_weighted_epoch_means() -> None:
     module._accumulate_per_k("train", torch.tensor([4.0, 5.0, 6.0]), torch.tensor([1.0, 1.0, 1.0]), 6)
     module.on_train_epoch_end()
     assert logged == {"train/loss_k1_epoch": 3.25, "train/loss_k2_epoch": 4.25, "train/loss_k3_epoch": 5.25,
-                      "train/acc_k1_epoch": 0.875, "train/acc_k2_epoch": 0.8125, "train/acc_k3_epoch": 0.75}
+                      "train/acc_k1_epoch": 0.875, "train/acc_k2_epoch": 0.8125, "train/acc_k3_epoch": 0.75,
+                      "train/loss_epoch": 4.25}
     module.on_train_epoch_end()  # nothing accumulated since: nothing logged again
-    assert len(logged) == 6
+    assert len(logged) == 7
