@@ -7,7 +7,8 @@ Each configuration runs the real command (``jtm pretrain`` in a subprocess, so i
 validation and checkpoints are all in) for ``--epochs`` whole epochs (optionally capped at ``--steps`` batches
 each), bracketed by the isolated step of ``benchmarks/cpc_step.py`` on the same model before and after, with the
 allocator setting, precision and OpenMP wait policy that ``jtm pretrain`` uses (glibc-retain; bf16 where the CPU has
-it; ``OMP_WAIT_POLICY`` as set, else chosen by the load as the CLI chooses it), each in its own subprocess. Reported:
+it; ``OMP_WAIT_POLICY`` as set, else chosen by the load as the CLI chooses it), each in its own subprocess; this
+``--rounds`` times (isolated, run, isolated, run, ..., isolated). Reported, from the round with the median ratio:
 
 - ``e2e_windows_per_s``: windows trained per wall second of ``trainer.fit`` (the run's own ``time/`` figures in
   ``metrics.json``, from :class:`jtm.training.callbacks.StepTimer`);
@@ -17,7 +18,8 @@ it; ``OMP_WAIT_POLICY`` as set, else chosen by the load as the CLI chooses it), 
 - ``median_step_ms_in_run`` (the median step after the first two) and ``first_step_ms_in_run``;
 - ``isolated_windows_per_s`` (the mean of the two brackets, each given) and ``e2e_over_isolated`` (target: at
   least 0.9); ``in_run_median_step_over_isolated`` compares the run's warm steps with the isolated ones;
-- ``peak_rss_mb`` of the pretraining process.
+- ``peak_rss_mb`` of the pretraining process;
+- and from every round: ``e2e_over_isolated_rounds`` and ``e2e_windows_per_s_rounds``.
 """
 from __future__ import annotations
 
@@ -91,35 +93,45 @@ def run_command(config: str, store: Path, out: Path, epochs: int, steps: int | N
 
 
 def run(config: str, store: Path, epochs: int = 2, steps: int | None = None, batch: int = 8, window: int = 20480,
-        isolated_steps: int = 10) -> dict:
-    """One configuration: the isolated step, the command end to end, the isolated step again; the ratio of the
-    end-to-end rate to the mean of the two isolated rates (bracketing the run, so a machine whose speed drifts
-    shows up as a gap between the two rather than as a wrong ratio)."""
+        isolated_steps: int = 10, rounds: int = 1) -> dict:
+    """One configuration: the isolated step, then ``rounds`` times the command end to end followed by the isolated
+    step again. Each round's ratio is its end-to-end rate over the mean of the two isolated rates that bracket it,
+    so a machine whose speed drifts shows up as a gap between the two rather than as a wrong ratio. Reported: the
+    round with the median ratio, and every round's ratio (on a shared 2-core machine one round's ratio moved by
+    up to 0.07 from the next's)."""
     precision = resolve_precision("auto", "cpu")
     # benchmarks/cpc_step.py on the same model, with jtm pretrain's allocator setting and precision
     flags = ["--steps", str(isolated_steps), "--no-naive", "--batch", str(batch), "--window", str(window),
              "--malloc", "retain", "--precision", "bf16" if precision == "bf16-mixed" else "32"]
     # ... and the OpenMP wait policy the command runs with, chosen here as jtm's CLI chooses it (by the load at
-    # start, unless the user set one) and handed to all three subprocesses: for the demo's GRU it alone moves the
+    # start, unless the user set one) and handed to all the subprocesses: for the demo's GRU it alone moves the
     # step by a third (README, performance)
     env = {"OMP_WAIT_POLICY": choose_openmp_wait_policy()}
-    before = cpc_step.run_subprocess(config, flags, env)
-    with tempfile.TemporaryDirectory(prefix="jtm-e2e-") as tmp:
-        e2e = run_command(config, store, Path(tmp) / "run", epochs, steps, batch, window)
-    after = cpc_step.run_subprocess(config, flags, env)
-    isolated = (before["windows_per_s"] + after["windows_per_s"]) / 2
-    isolated_ms = (before["ms_step_median"] + after["ms_step_median"]) / 2
-    result = {"config": config, "batch": batch, "window": window, "epochs": epochs, "precision": precision,
-              "omp_wait_policy": env["OMP_WAIT_POLICY"], "isolated_omp_wait_policy": before["omp_wait_policy"], **e2e}
-    result["isolated_windows_per_s"] = round(isolated, 2)
-    result["isolated_windows_per_s_before_after"] = [before["windows_per_s"], after["windows_per_s"]]
-    result["e2e_over_isolated"] = round(e2e["e2e_windows_per_s"] / isolated, 3)
-    result["in_run_step_over_isolated"] = round(e2e["step_windows_per_s_in_run"] / isolated, 3)
-    # like with like: the median warm step in the run against the isolated median
-    result["in_run_median_step_over_isolated"] = round(isolated_ms / e2e["median_step_ms_in_run"], 3)
-    result["isolated_mfu"] = round((before["mfu"] + after["mfu"]) / 2, 3)
-    result["load_average_1min"] = round(os.getloadavg()[0], 2)
-    return result
+    isolated_runs = [cpc_step.run_subprocess(config, flags, env)]
+    results = []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory(prefix="jtm-e2e-") as tmp:
+            e2e = run_command(config, store, Path(tmp) / "run", epochs, steps, batch, window)
+        isolated_runs.append(cpc_step.run_subprocess(config, flags, env))
+        before, after = isolated_runs[-2:]
+        isolated = (before["windows_per_s"] + after["windows_per_s"]) / 2
+        isolated_ms = (before["ms_step_median"] + after["ms_step_median"]) / 2
+        result = {"config": config, "batch": batch, "window": window, "epochs": epochs, "precision": precision,
+                  "omp_wait_policy": env["OMP_WAIT_POLICY"], "isolated_omp_wait_policy": before["omp_wait_policy"],
+                  **e2e}
+        result["isolated_windows_per_s"] = round(isolated, 2)
+        result["isolated_windows_per_s_before_after"] = [before["windows_per_s"], after["windows_per_s"]]
+        result["e2e_over_isolated"] = round(e2e["e2e_windows_per_s"] / isolated, 3)
+        result["in_run_step_over_isolated"] = round(e2e["step_windows_per_s_in_run"] / isolated, 3)
+        # like with like: the median warm step in the run against the isolated median
+        result["in_run_median_step_over_isolated"] = round(isolated_ms / e2e["median_step_ms_in_run"], 3)
+        result["isolated_mfu"] = round((before["mfu"] + after["mfu"]) / 2, 3)
+        results.append(result)
+    ratios = [r["e2e_over_isolated"] for r in results]
+    median = sorted(results, key=lambda r: r["e2e_over_isolated"])[(rounds - 1) // 2]
+    return {**median, "rounds": rounds, "e2e_over_isolated_rounds": ratios,
+            "e2e_windows_per_s_rounds": [r["e2e_windows_per_s"] for r in results],
+            "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,11 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, help="cap on training batches per epoch (default: whole epochs)")
+    parser.add_argument("--rounds", type=int, default=3, help="end-to-end runs, each followed by the isolated step; "
+                        "the round with the median ratio is reported (default: 3)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="jtm-e2e-store-") as tmp:
         store = Path(args.store) if args.store else make_store(Path(tmp), args.minutes)
         for config in args.config or ["demo", "default"]:
-            print(json.dumps(run(config, store, args.epochs, args.steps)), flush=True)
+            print(json.dumps(run(config, store, args.epochs, args.steps, rounds=args.rounds)), flush=True)
 
 
 if __name__ == "__main__":

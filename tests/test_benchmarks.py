@@ -81,7 +81,7 @@ def test_pretrain_e2e_tiny(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # chosen by load, as the CLI would; restored afterwards
 
     store = pretrain_e2e.make_store(tmp_path, minutes=0.5)
-    r = pretrain_e2e.run("tiny", store, epochs=1, steps=2, isolated_steps=1)
+    r = pretrain_e2e.run("tiny", store, epochs=1, steps=2, isolated_steps=1, rounds=2)
     assert r["steps"] == 2 and r["fit_s"] >= r["step_s_in_run"] > 0
     assert r["outside_step_s"] == pytest.approx(r["fit_s"] - r["step_s_in_run"], abs=0.02)
     assert r["e2e_windows_per_s"] > 0 and r["isolated_windows_per_s"] > 0 and r["e2e_over_isolated"] > 0
@@ -93,6 +93,10 @@ def test_pretrain_e2e_tiny(tmp_path: Path, monkeypatch):
     assert r["isolated_omp_wait_policy"] == r["omp_wait_policy"] in ("ACTIVE", "PASSIVE")
     assert r["median_step_ms_in_run"] > 0 and r["in_run_median_step_over_isolated"] > 0
     assert r["peak_rss_mb"] > 100  # the pretraining process's own peak (it imports torch), not a sum or a zero
+    # two rounds, each a run bracketed by isolated steps; the figures are those of the round with the median ratio
+    assert r["rounds"] == 2 and r["e2e_over_isolated"] == min(r["e2e_over_isolated_rounds"])
+    assert r["e2e_windows_per_s"] in r["e2e_windows_per_s_rounds"]
+    assert len(r["e2e_over_isolated_rounds"]) == len(r["e2e_windows_per_s_rounds"]) == 2
 
 
 def test_step_settings_tiny():
