@@ -270,9 +270,9 @@ class CPCLoss(nn.Module):
     s(a, b) = a . b / D (CPC_audio averages the product over features), and the label is 0.
 
     Computed without ever building (B, 1 + N, T', D) candidates: all K predictions are scored against the
-    whole bank of B * F encoded frames in one matrix product, (B K T', D) @ (D, B F), and the negative columns
-    are gathered from it (at B = 8, F = 128, K = 12 that matrix is 45 MB in float32); the positives are the
-    K T' dot products with z shifted by k, taken directly.
+    whole bank of B * F encoded frames in one matrix product, (B K T', D) @ (D, B F), and the positive and
+    negative columns are gathered from it (at B = 8, F = 128, K = 12 that matrix is 45 MB in float32). When
+    that product is bf16, the positives are taken as exact dot products instead (see forward).
 
     A negative whose index is the positive's (b F + t + k) is left out of that (b, t, k)'s softmax (its
     logit is -inf): it would always tie with the positive, so that row's loss could never fall below log 2.
@@ -333,9 +333,6 @@ class CPCLoss(nn.Module):
                 # let a few directions carry the whole loss (the features' effective rank fell from 18 to 6).
                 pred, z = F.normalize(pred, dim=-1), F.normalize(z, dim=-1)
                 scale = 1.0 / self.config.temperature
-            # the positive of (b, k, t) is z[b, t + k]: a strided view of z, (B, K, T', De), no copy
-            future = z[:, 1:].unfold(1, positions, 1).transpose(2, 3)
-            positive = (pred * future).sum(dim=-1, keepdim=True) * scale           # (B, K, T', 1)
             bank = z.reshape(batch * frames, de).to(scores_dtype)                # (B F, De)
             scores = (pred.to(scores_dtype).reshape(-1, de) @ bank.T).view(batch, k_steps, positions, batch * frames)
             # column of the positive z[b, t + k] in the bank: b F + t + k
@@ -344,6 +341,12 @@ class CPCLoss(nn.Module):
             b = torch.arange(batch, device=z.device)
             pos_idx = (b.view(-1, 1, 1) * frames + steps.view(1, -1, 1) + t.view(1, 1, -1)).unsqueeze(-1)
             neg_idx = negative_idx.unsqueeze(1).expand(batch, k_steps, positions, negative_idx.shape[-1])
+            if scores_dtype == torch.float32:
+                positive = scores.gather(3, pos_idx) * scale                         # (B, K, T', 1)
+            else:
+                # exact, not from the bf16 product: z[b, t + k] as a strided view of z, (B, K, T', De), no copy
+                future = z[:, 1:].unfold(1, positions, 1).transpose(2, 3)
+                positive = (pred * future).sum(dim=-1, keepdim=True) * scale
             # -inf drops a negative that is the positive itself: exp(-inf) = 0 in the softmax, zero gradient,
             # and it can never outscore the (finite) positive in the accuracy
             negative = (scores.gather(3, neg_idx).float() * scale).masked_fill(neg_idx == pos_idx, float("-inf"))
