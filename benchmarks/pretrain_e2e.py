@@ -98,7 +98,7 @@ def run(config: str, store: Path, epochs: int = 2, steps: int | None = None, bat
     step again. Each round's ratio is its end-to-end rate over the mean of the two isolated rates that bracket it,
     so a machine whose speed drifts shows up as a gap between the two rather than as a wrong ratio. Reported: the
     round with the median ratio, and every round's ratio (on a shared 2-core machine one round's ratio moved by
-    up to 0.07 from the next's)."""
+    up to 0.08 from the next's)."""
     precision = resolve_precision("auto", "cpu")
     # benchmarks/cpc_step.py on the same model, with jtm pretrain's allocator setting and precision
     flags = ["--steps", str(isolated_steps), "--no-naive", "--batch", str(batch), "--window", str(window),

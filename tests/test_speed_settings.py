@@ -91,8 +91,9 @@ def test_bf16_autocast_keeps_the_loss_within_bf16_rounding_and_the_dot_score_in_
     c = torch.randn(4, 40, 32, requires_grad=True)
     z = torch.randn(4, 40, 64, requires_grad=True)
     idx = sample_negatives(4, 40, 36, 32, generator=torch.Generator().manual_seed(0))
-    for score, tolerance in (("cosine", 1e-3), ("dot", 0.0)):
-        criterion = CPCLoss(CPCConfig(encoder_dim=64, context_dim=32, predict_steps=4, negatives=32, score=score))
+    for score, tolerance, reverse in (("cosine", 1e-3, False), ("cosine", 1e-3, True), ("dot", 0.0, False)):
+        criterion = CPCLoss(CPCConfig(encoder_dim=64, context_dim=32, predict_steps=4, negatives=32, score=score,
+                                      reverse=reverse))
         exact = criterion(c, z, idx)
         exact_grads = torch.autograd.grad(exact.loss, [c, z, criterion.weight])
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -76,8 +76,9 @@ class CPCPretrainModule(KeepsRNGState, pl.LightningModule):
 
     # Everything but the training loss of each step is summed here and logged once an epoch: the epoch's loss is
     # the mean of its K per-step losses. Each self.log call costs about 0.8 ms (Lightning moves the value's
-    # bookkeeping to the device every call); 2K + 2 such calls every step were 3 % of the demo's pretraining
-    # time (2 epochs: 43.0 against 41.5 windows/s, identical weights), and the last two about 2 % more.
+    # bookkeeping to the device every call): 2K such calls every step were 3 % of the demo's pretraining time
+    # (2 epochs: 43.0 against 41.5 windows/s, identical weights), and the 240 left in one demo epoch (two a
+    # step) took 0.23 of its 9.8 s under cProfile.
     def _accumulate_per_k(self, stage: str, loss_k: torch.Tensor, acc_k: torch.Tensor, batch_size: int) -> None:
         sums, count = self._per_k.get(stage, [torch.zeros(2, len(loss_k)), 0.0])
         self._per_k[stage] = [sums + torch.stack([loss_k.detach(), acc_k.detach()]).float().cpu() * batch_size,
