@@ -13,7 +13,8 @@ it; ``OMP_WAIT_POLICY`` as set, else chosen by the load as the CLI chooses it), 
 - ``e2e_windows_per_s``: windows trained per wall second of ``trainer.fit`` (the run's own ``time/`` figures in
   ``metrics.json``, from :class:`jtm.training.callbacks.StepTimer`);
 - ``step_windows_per_s_in_run``: the same windows over the time spent inside the steps;
-- ``outside_step_s`` and ``outside_step_fraction``: loader, logging, validation and checkpoints;
+- ``outside_step_s`` and ``outside_step_fraction``: loader, logging, validation and checkpoints; of it,
+  ``validation_s`` and ``validation_fraction`` (the validation loops);
 - ``command_s``: the whole command, start-up (imports) included;
 - ``median_step_ms_in_run`` (the median step after the first two) and ``first_step_ms_in_run``;
 - ``isolated_windows_per_s`` (the mean of the two brackets, each given) and ``e2e_over_isolated`` (target: at
@@ -84,6 +85,8 @@ def run_command(config: str, store: Path, out: Path, epochs: int, steps: int | N
         "steps": int(metrics["time/steps"]), "command_s": round(command_s, 2), "fit_s": fit,
         "step_s_in_run": inside, "outside_step_s": round(fit - inside, 2),
         "outside_step_fraction": round((fit - inside) / fit, 3),
+        "validation_s": metrics["time/validation_seconds"],
+        "validation_fraction": round(metrics["time/validation_seconds"] / fit, 3),
         "e2e_windows_per_s": metrics["time/windows_per_second"],
         "step_windows_per_s_in_run": metrics["time/step_windows_per_second"],
         "median_step_ms_in_run": round(metrics["time/median_step_seconds"] * 1000, 1),

@@ -84,6 +84,9 @@ def test_pretrain_e2e_tiny(tmp_path: Path, monkeypatch):
     r = pretrain_e2e.run("tiny", store, epochs=1, steps=2, isolated_steps=1, rounds=2)
     assert r["steps"] == 2 and r["fit_s"] >= r["step_s_in_run"] > 0
     assert r["outside_step_s"] == pytest.approx(r["fit_s"] - r["step_s_in_run"], abs=0.02)
+    # validation is part of the time outside the steps (this 30-second store may hold no validation batch)
+    assert 0 <= r["validation_s"] <= r["outside_step_s"]
+    assert r["validation_fraction"] == pytest.approx(r["validation_s"] / r["fit_s"], abs=1e-3)
     assert r["e2e_windows_per_s"] > 0 and r["isolated_windows_per_s"] > 0 and r["e2e_over_isolated"] > 0
     # the isolated step brackets the run, and the ratio is taken against the mean of the two
     before, after = r["isolated_windows_per_s_before_after"]

@@ -68,6 +68,7 @@ def test_pretrain_learns_exports_and_reloads(synth_store: Path, tmp_path: Path) 
     assert saved["time/steps"] == log["train/loss_step"].notna().sum() > 0
     assert 0 < saved["time/step_seconds"] < saved["time/fit_seconds"]
     assert saved["time/outside_step_seconds"] == pytest.approx(saved["time/fit_seconds"] - saved["time/step_seconds"], abs=2e-3)
+    assert 0 < saved["time/validation_seconds"] < saved["time/outside_step_seconds"]  # 4 validations, part of it
     assert saved["time/windows_per_second"] == pytest.approx(8 * saved["time/steps"] / saved["time/fit_seconds"], rel=0.01)
     # The warm median (what benchmarks/cpc_step.py measures) and the first step are recorded apart.
     assert 0 < saved["time/median_step_seconds"] <= saved["time/step_seconds"] - saved["time/first_step_seconds"]

@@ -66,7 +66,8 @@ class StepTimer(pl.Callback):
     checkpoints). ``summary()`` gives the figures ``metrics.json`` records under ``time/``.
 
     A step is timed from ``on_train_batch_start`` to ``on_train_batch_end``: forward, loss, backward and the
-    optimiser step. Everything else between ``on_fit_start`` and ``on_fit_end`` counts as outside the step.
+    optimiser step. Everything else between ``on_fit_start`` and ``on_fit_end`` counts as outside the step; of it,
+    the validation loops are timed on their own (``time/validation_seconds``).
     The median step after the first ``warmup`` (``time/median_step_seconds``) is what an isolated benchmark of
     the step measures; the first steps pay one-off costs (oneDNN kernels, first allocations) that a short run
     cannot amortise.
@@ -78,7 +79,8 @@ class StepTimer(pl.Callback):
         self.step_seconds = 0.0
         self.durations: list[float] = []
         self.fit_seconds = 0.0
-        self._fit_start = self._step_start = 0.0
+        self.validation_seconds = 0.0
+        self._fit_start = self._step_start = self._validation_start = 0.0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
@@ -94,6 +96,12 @@ class StepTimer(pl.Callback):
         audio = batch.get("audio") if isinstance(batch, dict) else None
         self.windows += int(audio.shape[0]) if audio is not None else 0
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.validation_seconds += time.perf_counter() - self._validation_start
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.fit_seconds = time.perf_counter() - self._fit_start
 
@@ -107,6 +115,7 @@ class StepTimer(pl.Callback):
             "time/fit_seconds": round(self.fit_seconds, 3),
             "time/step_seconds": round(self.step_seconds, 3),
             "time/outside_step_seconds": round(outside, 3),
+            "time/validation_seconds": round(self.validation_seconds, 3),
             "time/windows_per_second": round(self.windows / self.fit_seconds, 3) if self.fit_seconds else 0.0,
             "time/step_windows_per_second": round(self.windows / self.step_seconds, 3) if self.step_seconds else 0.0,
             "time/median_step_seconds": round(median, 4),
