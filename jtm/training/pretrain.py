@@ -53,6 +53,11 @@ class CPCPretrainModule(KeepsRNGState, pl.LightningModule):
         seed = (self.hparams.seed * 1_000_003 + stage_offset * 7_919 + step) * 64 + self.global_rank
         return torch.Generator().manual_seed(seed % (2**63))
 
+    @property
+    def _shows_progress(self) -> bool:
+        """Whether the run has a progress bar: the only reader of the ``*_acc_k1`` values logged for it."""
+        return self.trainer.progress_bar_callback is not None
+
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str, step: int) -> torch.Tensor:
         audio = batch["audio"]
         z, c = self.encoder.cpc_inputs(audio, batch.get("view"))  # z: the targets (config.target, --views)
@@ -69,7 +74,7 @@ class CPCPretrainModule(KeepsRNGState, pl.LightningModule):
         out = self.criterion(c, z, negative_idx=idx)
         if stage == "train":
             self.log("train/loss_step", out.loss, on_step=True, on_epoch=False, batch_size=batch_size)
-            if self.trainer.progress_bar_callback is not None:  # its only reader
+            if self._shows_progress:
                 self.log("train_acc_k1", out.acc_per_step[0], prog_bar=True, logger=False, batch_size=batch_size)
         self._accumulate_per_k(stage, out.loss_per_step, out.acc_per_step, batch_size)
         return out.loss
@@ -95,7 +100,7 @@ class CPCPretrainModule(KeepsRNGState, pl.LightningModule):
                    for row, name in enumerate(("loss", "acc")) for k in range(means.shape[1])}
         metrics[f"{stage}/loss{suffix}"] = means[0].mean()
         self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
-        if stage == "val" and self.trainer.progress_bar_callback is not None:
+        if stage == "val" and self._shows_progress:
             self.log("val_acc_k1", means[1, 0], prog_bar=True, logger=False, sync_dist=True)
 
     def on_train_epoch_start(self) -> None:
